@@ -1,0 +1,63 @@
+"""Loading aggregates of both persistence styles from a store."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from tidings.domain.aggregate import Aggregate
+from tidings.messaging.registry import MessageRegistry
+from tidings.messaging.state import StateCodec
+from tidings.store.base import Store
+
+__all__ = ["Repository", "stream_id_of"]
+
+A = TypeVar("A", bound=Aggregate)
+
+
+def stream_id_of(aggregate_type: str, aggregate_id: str) -> str:
+    """The journal stream of one aggregate."""
+    return f"{aggregate_type}:{aggregate_id}"
+
+
+class Repository:
+    """Turns stored rows back into aggregates: a state row, or a snapshot plus the events after it."""
+
+    def __init__(self, store: Store, registry: MessageRegistry) -> None:
+        self.store = store
+        self.registry = registry
+        self._codecs: dict[type[Aggregate], StateCodec] = {}
+        self._known: set[type[Aggregate]] = set()
+
+    def codec(self, aggregate_type: type[Aggregate]) -> StateCodec:
+        """The state codec of an aggregate class (built once)."""
+        codec = self._codecs.get(aggregate_type)
+        if codec is None:
+            codec = self._codecs[aggregate_type] = StateCodec(aggregate_type)
+        return codec
+
+    async def load(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
+        """The aggregate as last committed, or None if it was never saved."""
+        if not aggregate_type.event_sourced:
+            row = await self.store.load_state(aggregate_type.aggregate_type, aggregate_id)
+            if row is None:
+                return None
+            return aggregate_type.restore(aggregate_id, row.version, self.codec(aggregate_type).decode(row.state))
+
+        if aggregate_type not in self._known:
+            self.registry.register(*aggregate_type.appliers())
+            self._known.add(aggregate_type)
+        stream_id = stream_id_of(aggregate_type.aggregate_type, aggregate_id)
+        aggregate: A | None = None
+        after = 0
+        if aggregate_type.snapshot_every:
+            snapshot = await self.store.load_snapshot(stream_id)
+            if snapshot is not None:
+                aggregate = aggregate_type.restore(aggregate_id, snapshot.version, self.codec(aggregate_type).decode(snapshot.state))
+                after = snapshot.version
+        stored = await self.store.load_stream(stream_id, after)
+        if aggregate is None:
+            if not stored:
+                return None
+            aggregate = aggregate_type.restore(aggregate_id, 0, {})
+        aggregate.replay(self.registry.decode(e.event_type, e.schema_version, e.payload) for e in stored)  # type: ignore[misc]
+        return aggregate

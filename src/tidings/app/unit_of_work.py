@@ -1,0 +1,100 @@
+"""The unit of work: the aggregates one command touches and the messages it adds, committed together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from tidings.domain.aggregate import Aggregate
+from tidings.domain.errors import AggregateNotFound
+from tidings.messaging.contracts import IntegrationEvent
+from tidings.messaging.envelope import Envelope
+
+if TYPE_CHECKING:
+    from tidings.app.application import Application
+
+__all__ = ["UnitOfWork", "PendingPublication"]
+
+A = TypeVar("A", bound=Aggregate)
+
+
+@dataclass(slots=True)
+class PendingPublication:
+    """An integration event waiting for the commit, with where it goes and what caused it."""
+
+    event: IntegrationEvent
+    topic: str
+    partition_key: str
+    causation_id: str
+    cause: Envelope | None
+
+
+class UnitOfWork:
+    """What a command handler (and the in-transaction handlers it triggers) reads and changes.
+
+    Reads go to the store as they are asked for; nothing is written until the application
+    commits the whole unit, so a handler that raises leaves no trace at all.
+    """
+
+    def __init__(self, app: Application) -> None:
+        self._app = app
+        self._aggregates: dict[tuple[type[Aggregate], str], Aggregate] = {}
+        self.loaded_versions: dict[tuple[type[Aggregate], str], int] = {}
+        self.publications: list[PendingPublication] = []
+        #: The message being handled right now: the command's id, then each event's as the bus runs.
+        self.causation_id: str = ""
+        self.cause: Envelope | None = None
+
+    async def get(self, aggregate_type: type[A], aggregate_id: str) -> A:
+        """The aggregate with that id, loaded once per unit of work; AggregateNotFound if it does not exist."""
+        aggregate = await self.find(aggregate_type, aggregate_id)
+        if aggregate is None:
+            raise AggregateNotFound(aggregate_type.aggregate_type, aggregate_id)
+        return aggregate
+
+    async def find(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
+        """Like :meth:`get`, but None when the aggregate does not exist."""
+        key = (aggregate_type, aggregate_id)
+        tracked = self._aggregates.get(key)
+        if tracked is not None:
+            return tracked  # type: ignore[return-value]
+        aggregate = await self._app.repository.load(aggregate_type, aggregate_id)
+        if aggregate is not None:
+            self._track(key, aggregate)
+        return aggregate
+
+    def add(self, aggregate: A) -> A:
+        """Track a new aggregate so its recorded events are saved with this unit of work."""
+        key = (type(aggregate), aggregate.id)
+        if key in self._aggregates and self._aggregates[key] is not aggregate:
+            raise ValueError(f"{aggregate.aggregate_type} {aggregate.id} is already part of this unit of work")
+        self._track(key, aggregate, loaded_version=aggregate.version - len(aggregate.pending_events))
+        return aggregate
+
+    def publish(self, event: IntegrationEvent, *, topic: str | None = None, key: str | None = None) -> None:
+        """Append an integration event to the outbox of this transaction (published only if it commits)."""
+        if not isinstance(event, IntegrationEvent):
+            raise TypeError(f"publish takes an IntegrationEvent, got {type(event).__name__}")
+        partition_key = key or (self.cause.aggregate_id if self.cause and self.cause.aggregate_id else None)
+        self.publications.append(
+            PendingPublication(
+                event=event,
+                topic=topic or event.message_name,
+                partition_key=partition_key or self.causation_id,
+                causation_id=self.causation_id,
+                cause=self.cause,
+            )
+        )
+
+    @property
+    def aggregates(self) -> list[Aggregate]:
+        """Every aggregate this unit of work touched, in the order it was first loaded or added."""
+        return list(self._aggregates.values())
+
+    def tracked(self) -> list[tuple[Aggregate, int]]:
+        """Each tracked aggregate with the version it had when loaded (0 for a new one)."""
+        return [(aggregate, self.loaded_versions[key]) for key, aggregate in self._aggregates.items()]
+
+    def _track(self, key: tuple[type[Aggregate], str], aggregate: Aggregate, loaded_version: int | None = None) -> None:
+        self._aggregates[key] = aggregate
+        self.loaded_versions[key] = aggregate.version if loaded_version is None else loaded_version

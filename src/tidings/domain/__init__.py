@@ -1,0 +1,26 @@
+"""The pure domain layer: aggregates, commands, domain events and their errors. No I/O, no framework."""
+
+from tidings.domain.aggregate import Aggregate, EventSourcedAggregate, StateStoredAggregate, applies
+from tidings.domain.errors import (
+    AggregateNotFound,
+    ConcurrencyError,
+    DomainError,
+    TidingsError,
+    ValidationError,
+)
+from tidings.domain.messages import Command, DomainEvent, Message
+
+__all__ = [
+    "Aggregate",
+    "AggregateNotFound",
+    "Command",
+    "ConcurrencyError",
+    "DomainError",
+    "DomainEvent",
+    "EventSourcedAggregate",
+    "Message",
+    "StateStoredAggregate",
+    "TidingsError",
+    "ValidationError",
+    "applies",
+]

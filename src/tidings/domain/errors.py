@@ -1,0 +1,59 @@
+"""Errors of the domain: each says what happened, to which object, and what to do about it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "TidingsError",
+    "DomainError",
+    "ValidationError",
+    "ConcurrencyError",
+    "AggregateNotFound",
+]
+
+
+class TidingsError(Exception):
+    """Base of every error tidings raises on purpose."""
+
+
+class DomainError(TidingsError):
+    """A broken invariant; the message is meant to be shown to the user who asked for the change."""
+
+
+class ValidationError(TidingsError):
+    """A command or message field has a wrong type or value; ``field`` names it (dotted path)."""
+
+    def __init__(self, message: str, *, field: str | None = None, message_type: str | None = None) -> None:
+        self.field = field
+        self.message_type = message_type
+        where = ""
+        if message_type and field:
+            where = f"{message_type}.{field}: "
+        elif field:
+            where = f"{field}: "
+        elif message_type:
+            where = f"{message_type}: "
+        super().__init__(f"{where}{message}")
+        self.reason = message
+
+
+class ConcurrencyError(TidingsError):
+    """Another transaction changed the aggregate since it was loaded; reload and retry."""
+
+    def __init__(self, aggregate_type: str, aggregate_id: str, expected: int, actual: int | None) -> None:
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+        now = f"is at version {actual}" if actual is not None else "was changed concurrently"
+        super().__init__(
+            f"{aggregate_type} {aggregate_id} {now}, you saved from version {expected} — reload and retry"
+        )
+
+
+class AggregateNotFound(TidingsError):
+    """No aggregate of that type has that id."""
+
+    def __init__(self, aggregate_type: str, aggregate_id: str) -> None:
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        super().__init__(f"{aggregate_type} {aggregate_id} does not exist — check the id, or create it first")

@@ -1,0 +1,30 @@
+"""Messaging: the envelope, identifiers, integration-event contracts, the registry and its codec."""
+
+from tidings.messaging.contracts import IntegrationEvent
+from tidings.messaging.envelope import Envelope, MessageContext, utc_now
+from tidings.messaging.errors import (
+    IncompatibleVersion,
+    MalformedMessage,
+    MessageError,
+    MessageTooLarge,
+    UnknownMessageType,
+)
+from tidings.messaging.ids import new_id
+from tidings.messaging.registry import MessageRegistry, Upcaster
+from tidings.messaging.state import StateCodec
+
+__all__ = [
+    "Envelope",
+    "IncompatibleVersion",
+    "IntegrationEvent",
+    "MalformedMessage",
+    "MessageContext",
+    "MessageError",
+    "MessageRegistry",
+    "MessageTooLarge",
+    "StateCodec",
+    "UnknownMessageType",
+    "Upcaster",
+    "new_id",
+    "utc_now",
+]

@@ -1,0 +1,160 @@
+"""The message registry: (name, version) to class, upcasters, and the JSON codec for both directions.
+
+Reading is tolerant: unknown extra fields are ignored and missing fields that have defaults take
+them, so a consumer keeps working when a producer adds an optional field. Old versions are upcast
+on read through a chain of dict → dict functions (v1 → v2 → v3) before the typed decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import msgspec
+
+from tidings.domain.errors import ValidationError
+from tidings.domain.messages import Message
+from tidings.messaging.errors import IncompatibleVersion, MalformedMessage, UnknownMessageType
+
+__all__ = ["MessageRegistry", "Upcaster"]
+
+M = TypeVar("M", bound=Message)
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+_encoder = msgspec.json.Encoder()
+
+
+class MessageRegistry:
+    """Knows every message class by name, decodes stored bytes to typed messages, and upcasts old ones."""
+
+    def __init__(self, types: Iterable[type[Message]] = ()) -> None:
+        self._by_name: dict[str, type[Message]] = {}
+        self._decoders: dict[type[Message], msgspec.json.Decoder[Any]] = {}
+        self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        for message_type in types:
+            self.register(message_type)
+
+    def register(self, *message_types: type[Message]) -> None:
+        """Make these classes readable by name; registering the same class twice is harmless."""
+        for message_type in message_types:
+            name = message_type.message_name
+            existing = self._by_name.get(name)
+            if existing is not None and existing is not message_type:
+                raise ValueError(
+                    f"two classes claim the message name {name!r}: {existing.__module__}."
+                    f"{existing.__qualname__} and {message_type.__module__}.{message_type.__qualname__} — "
+                    "give one of them name=... in its class statement"
+                )
+            self._by_name[name] = message_type
+
+    def upcaster(self, name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Decorator: register ``fn(data) -> data`` that turns ``name`` v``from_version`` into the next version."""
+
+        def register(fn: Upcaster) -> Upcaster:
+            self._upcasters[(name, from_version)] = fn
+            return fn
+
+        return register
+
+    def type_for(self, name: str) -> type[Message]:
+        """The class registered under ``name``, or UnknownMessageType listing what is known."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownMessageType(name, self._by_name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    @property
+    def names(self) -> list[str]:
+        """Every registered message name, sorted."""
+        return sorted(self._by_name)
+
+    # -- codec ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def encode(message: Message) -> bytes:
+        """The message's payload as compact JSON bytes (no envelope)."""
+        return _encoder.encode(message)
+
+    def decode(self, name: str, version: int, data: bytes | str) -> Message:
+        """Read a payload stored as ``name`` v``version`` into the current class, upcasting on the way."""
+        message_type = self.type_for(name)
+        current = message_type.message_version
+        if version == current:
+            try:
+                return self._decoder(message_type).decode(data)
+            except msgspec.ValidationError as exc:
+                raise MalformedMessage(name, str(exc), _field_of(exc)) from None
+            except msgspec.DecodeError as exc:
+                raise MalformedMessage(name, f"not valid JSON ({exc})") from None
+        if version > current:
+            raise IncompatibleVersion(
+                name, version, current, "it is newer than this code; deploy the consumer's new version first"
+            )
+        try:
+            raw = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise MalformedMessage(name, f"not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise MalformedMessage(name, f"payload must be a JSON object, got {type(raw).__name__}")
+        return self.convert(name, self.upcast(name, version, current, raw))
+
+    def upcast(self, name: str, version: int, current: int, data: dict[str, Any]) -> dict[str, Any]:
+        """Apply the upcaster chain from ``version`` to ``current``."""
+        for step in range(version, current):
+            upcaster = self._upcasters.get((name, step))
+            if upcaster is None:
+                raise IncompatibleVersion(
+                    name, version, current, f"no upcaster from v{step} to v{step + 1}; register one"
+                )
+            data = upcaster(dict(data))
+        return data
+
+    def convert(self, name: str, data: dict[str, Any]) -> Message:
+        """Build the current class registered as ``name`` from plain data, validating every field."""
+        message_type = self.type_for(name)
+        try:
+            return msgspec.convert(data, message_type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise MalformedMessage(name, str(exc), _field_of(exc)) from None
+
+    def validate(self, message: M) -> M:
+        """Check every field of an already-built message against its declared type; return it unchanged.
+
+        Python does not enforce annotations, so a command built by hand with a wrong type would
+        otherwise be stored as is. The round trip through JSON is what a consumer will do anyway.
+        """
+        message_type = type(message)
+        try:
+            self._decoder(message_type).decode(_encoder.encode(message))
+        except msgspec.ValidationError as exc:
+            field = _field_of(exc)
+            raise ValidationError(_reason_of(exc), field=field, message_type=message_type.__name__) from None
+        except TypeError as exc:
+            raise ValidationError(str(exc), message_type=message_type.__name__) from None
+        if dataclasses.is_dataclass(message) and hasattr(message, "validate"):
+            message.validate()
+        return message
+
+    def _decoder(self, message_type: type[Message]) -> msgspec.json.Decoder[Any]:
+        decoder = self._decoders.get(message_type)
+        if decoder is None:
+            decoder = self._decoders[message_type] = msgspec.json.Decoder(message_type)
+        return decoder
+
+
+def _field_of(exc: msgspec.ValidationError) -> str | None:
+    # msgspec reports the location as "... - at `$.field.sub[0]`"; keep the dotted path only.
+    text = str(exc)
+    marker = " - at `$"
+    if marker not in text:
+        return None
+    path = text.split(marker, 1)[1].rstrip("`")
+    return path.lstrip(".") or None
+
+
+def _reason_of(exc: msgspec.ValidationError) -> str:
+    return str(exc).split(" - at `$", 1)[0]

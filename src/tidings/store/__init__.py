@@ -1,0 +1,64 @@
+"""Storage: the journal, aggregate state, snapshots, outbox, inbox and checkpoints, chosen by URL."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tidings.store.base import Store
+from tidings.store.records import (
+    Changes,
+    JournalEntry,
+    OutboxEntry,
+    OutboxRow,
+    SnapshotRow,
+    StateRow,
+    StoredEvent,
+    StreamWrite,
+)
+
+__all__ = [
+    "Changes",
+    "JournalEntry",
+    "OutboxEntry",
+    "OutboxRow",
+    "SnapshotRow",
+    "StateRow",
+    "Store",
+    "StoredEvent",
+    "StreamWrite",
+    "DEFAULT_DATABASE_URL",
+    "open_store",
+]
+
+DEFAULT_DATABASE_URL = "sqlite:///tidings.db"
+
+
+async def open_store(url: str | None = None, *, migrate: bool | None = None, **options: Any) -> Store:
+    """Open the store named by ``url`` (or ``TIDINGS_DATABASE_URL``, or the embedded default).
+
+    ``sqlite:///path/to/file.db`` (``sqlite:///:memory:`` for a throwaway one) or ``postgresql://…``.
+    Migrations run automatically for SQLite; for PostgreSQL pass ``migrate=True`` or run
+    ``tidings db migrate`` once per deployment.
+    """
+    url = url or os.environ.get("TIDINGS_DATABASE_URL") or DEFAULT_DATABASE_URL
+    store: Store
+    if url.startswith("sqlite://"):
+        from tidings.store.sqlite import SqliteStore
+
+        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
+        store = SqliteStore(path, **options)
+        migrate = True if migrate is None else migrate
+    elif url.startswith(("postgresql://", "postgres://")):
+        try:
+            from tidings.store.postgres import PostgresStore
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError("PostgreSQL needs the postgres extra: pip install 'tidings[postgres]'") from exc
+        store = await PostgresStore.open(url, **options)
+    else:
+        raise ValueError(
+            f"unsupported database URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host/db"
+        )
+    if migrate:
+        await store.migrate()
+    return store

@@ -1,0 +1,61 @@
+"""The one interface every store backend implements; a backend is done when the conformance suite passes."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, StoredEvent
+
+__all__ = ["Store"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable home of aggregates, the journal, the outbox, inboxes and checkpoints."""
+
+    url: str
+    dialect: str
+
+    async def migrate(self) -> list[str]:
+        """Apply migrations not applied yet; return the names applied now (empty when up to date)."""
+        ...
+
+    async def load_state(self, aggregate_type: str, aggregate_id: str) -> StateRow | None:
+        """The saved state row of a state-stored aggregate, or None if it was never saved."""
+        ...
+
+    async def load_snapshot(self, stream_id: str) -> SnapshotRow | None:
+        """The latest snapshot of an event-sourced stream, or None."""
+        ...
+
+    async def load_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
+        """The events of one stream with a version above ``after_version``, in version order."""
+        ...
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The highest version stored for ``stream_id`` (0 if none)."""
+        ...
+
+    async def commit(self, changes: Changes) -> None:
+        """Write all of ``changes`` in one transaction; ConcurrencyError if a stream moved on meanwhile."""
+        ...
+
+    async def read_journal(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """Journal entries after a position, in position order."""
+        ...
+
+    async def read_correlation(self, correlation_id: str) -> list[StoredEvent]:
+        """Every journal entry of one correlation id, in position order."""
+        ...
+
+    async def read_outbox(self, limit: int = 1000) -> list[OutboxRow]:
+        """Outbox rows, oldest first (for inspection and tests; the relay claims differently)."""
+        ...
+
+    async def count(self, table: str) -> int:
+        """Rows in one of the store's tables: journal, aggregate_state, snapshots, outbox, inbox, checkpoints."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+        ...

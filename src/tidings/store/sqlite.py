@@ -1,0 +1,300 @@
+"""SQLite store: the embedded default, one file in WAL mode, no server.
+
+Short statements run on the event loop's thread. A single-row read or a small commit takes tens
+of microseconds here, less than handing it to a worker thread and back (see
+docs/decisions/0002-sqlite-on-the-loop.md for the numbers). The one thing that can take long is
+waiting for another *process* that holds the write lock: so the loop's connection never waits
+(busy_timeout 0), and a commit that finds the database busy is retried on a worker thread with a
+connection that does wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tidings.domain.errors import ConcurrencyError
+from tidings.store.migrations import migrations_for
+from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, StoredEvent
+
+__all__ = ["SqliteStore"]
+
+_TABLES = frozenset({"journal", "aggregate_state", "snapshots", "outbox", "inbox", "checkpoints"})
+
+_JOURNAL_COLUMNS = (
+    "position, stream_id, stream_version, event_id, event_type, schema_version, occurred_at, "
+    "correlation_id, envelope, payload"
+)
+_INSERT_JOURNAL = (
+    "INSERT INTO tidings_journal (stream_id, stream_version, event_id, event_type, schema_version, "
+    "occurred_at, correlation_id, envelope, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_STATE = (
+    "INSERT INTO tidings_aggregate_state (aggregate_type, aggregate_id, version, state) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version, "
+    "state = excluded.state, updated_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')"
+)
+_UPSERT_SNAPSHOT = (
+    "INSERT INTO tidings_snapshots (stream_id, version, state) VALUES (?, ?, ?) "
+    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state"
+)
+_INSERT_OUTBOX = (
+    "INSERT INTO tidings_outbox (event_id, partition, partition_key, topic, event_type, envelope, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_OUTBOX_COLUMNS = (
+    "id, event_id, partition, partition_key, topic, event_type, envelope, payload, attempts, created_at, "
+    "delivered_at, parked_at, last_error"
+)
+
+
+class SqliteStore:
+    """A Store on one SQLite file (or ``:memory:`` for a throwaway store in one process)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", busy_timeout_s: float = 30.0) -> None:
+        self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
+        self._synchronous = synchronous
+        self._busy_timeout_s = busy_timeout_s
+        self._conn = self._connect(wait=False)
+        self._slow_conn: sqlite3.Connection | None = None
+        self._slow_lock = threading.Lock()
+        self._closed = False
+
+    def _connect(self, *, wait: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,
+            timeout=self._busy_timeout_s if wait else 0.0,
+            cached_statements=256,
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a process crash; a power loss may roll back the last commits,
+        # each as a whole (state and outbox together), never half of one.
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    # -- schema --------------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        return await asyncio.to_thread(self._migrate_blocking)
+
+    def _migrate_blocking(self) -> list[str]:
+        with self._slow_lock:
+            conn = self._slow_connection()
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS tidings_schema_migrations (version INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00','now')))"
+            )
+            applied_now = []
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                done = {row[0] for row in conn.execute("SELECT version FROM tidings_schema_migrations")}
+                for migration in migrations_for("sqlite"):
+                    if migration.version in done:
+                        continue
+                    for statement in _statements(migration.sql):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO tidings_schema_migrations (version, name) VALUES (?, ?)",
+                        (migration.version, migration.name),
+                    )
+                    applied_now.append(f"{migration.version:04d}_{migration.name}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return applied_now
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def load_state(self, aggregate_type: str, aggregate_id: str) -> StateRow | None:
+        row = self._conn.execute(
+            "SELECT version, state FROM tidings_aggregate_state WHERE aggregate_type = ? AND aggregate_id = ?",
+            (aggregate_type, aggregate_id),
+        ).fetchone()
+        return None if row is None else StateRow(aggregate_type, aggregate_id, row[0], row[1].encode())
+
+    async def load_snapshot(self, stream_id: str) -> SnapshotRow | None:
+        row = self._conn.execute(
+            "SELECT version, state FROM tidings_snapshots WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        return None if row is None else SnapshotRow(stream_id, row[0], row[1].encode())
+
+    async def load_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
+        rows = self._conn.execute(
+            f"SELECT {_JOURNAL_COLUMNS} FROM tidings_journal WHERE stream_id = ? AND stream_version > ? "
+            "ORDER BY stream_version",
+            (stream_id, after_version),
+        ).fetchall()
+        return [_stored_event(row) for row in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        row = self._conn.execute(
+            "SELECT coalesce(max(stream_version), 0) FROM tidings_journal WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        return int(row[0])
+
+    async def read_journal(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        rows = self._conn.execute(
+            f"SELECT {_JOURNAL_COLUMNS} FROM tidings_journal WHERE position > ? ORDER BY position LIMIT ?",
+            (after_position, limit),
+        ).fetchall()
+        return [_stored_event(row) for row in rows]
+
+    async def read_correlation(self, correlation_id: str) -> list[StoredEvent]:
+        rows = self._conn.execute(
+            f"SELECT {_JOURNAL_COLUMNS} FROM tidings_journal WHERE correlation_id = ? ORDER BY position",
+            (correlation_id,),
+        ).fetchall()
+        return [_stored_event(row) for row in rows]
+
+    async def read_outbox(self, limit: int = 1000) -> list[OutboxRow]:
+        rows = self._conn.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM tidings_outbox ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        return [_outbox_row(row) for row in rows]
+
+    async def count(self, table: str) -> int:
+        if table not in _TABLES:
+            raise ValueError(f"unknown table {table!r}; one of {sorted(_TABLES)}")
+        return int(self._conn.execute(f"SELECT count(*) FROM tidings_{table}").fetchone()[0])
+
+    # -- the write -----------------------------------------------------------------------------
+
+    async def commit(self, changes: Changes) -> None:
+        if not changes:
+            return
+        try:
+            self._write(self._conn, changes)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            # Another process holds the write lock: wait for it off the loop.
+            await asyncio.to_thread(self._write_waiting, changes)
+
+    def _write_waiting(self, changes: Changes) -> None:
+        with self._slow_lock:
+            self._write(self._slow_connection(), changes)
+
+    def _write(self, conn: sqlite3.Connection, changes: Changes) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT_JOURNAL, [_journal_params(entry) for entry in changes.journal])
+            if changes.states:
+                conn.executemany(
+                    _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode()) for s in changes.states]
+                )
+            if changes.snapshots:
+                conn.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode()) for s in changes.snapshots])
+            if changes.outbox:
+                conn.executemany(
+                    _INSERT_OUTBOX,
+                    [
+                        (o.event_id, o.partition, o.partition_key, o.topic, o.event_type, o.envelope.decode(), o.payload.decode())
+                        for o in changes.outbox
+                    ],
+                )
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            if "tidings_journal.stream_id" in str(exc):
+                raise self._concurrency_error(conn, changes) from None
+            raise
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _concurrency_error(self, conn: sqlite3.Connection, changes: Changes) -> ConcurrencyError:
+        for stream in changes.streams:
+            actual = conn.execute(
+                "SELECT coalesce(max(stream_version), 0) FROM tidings_journal WHERE stream_id = ?", (stream.stream_id,)
+            ).fetchone()[0]
+            if actual != stream.expected_version:
+                return ConcurrencyError(stream.aggregate_type, stream.aggregate_id, stream.expected_version, actual)
+        first = changes.streams[0]
+        return ConcurrencyError(first.aggregate_type, first.aggregate_id, first.expected_version, None)
+
+    def _slow_connection(self) -> sqlite3.Connection:
+        if self.path == ":memory:":
+            return self._conn  # a second connection would open a different, empty database
+        if self._slow_conn is None:
+            self._slow_conn = self._connect(wait=True)
+        return self._slow_conn
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._conn.close()
+        if self._slow_conn is not None:
+            self._slow_conn.close()
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement on the loop's connection and return its rows (for tools and tests)."""
+        return self._conn.execute(sql, params).fetchall()
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _journal_params(entry: Any) -> tuple[Any, ...]:
+    return (
+        entry.stream_id,
+        entry.stream_version,
+        entry.event_id,
+        entry.event_type,
+        entry.schema_version,
+        entry.occurred_at.isoformat(),
+        entry.correlation_id,
+        entry.envelope.decode(),
+        entry.payload.decode(),
+    )
+
+
+def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(
+        position=row[0],
+        stream_id=row[1],
+        stream_version=row[2],
+        event_id=row[3],
+        event_type=row[4],
+        schema_version=row[5],
+        occurred_at=datetime.fromisoformat(row[6]),
+        correlation_id=row[7],
+        envelope=row[8].encode(),
+        payload=row[9].encode(),
+    )
+
+
+def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
+    return OutboxRow(
+        id=row[0],
+        event_id=row[1],
+        partition=row[2],
+        partition_key=row[3],
+        topic=row[4],
+        event_type=row[5],
+        envelope=row[6].encode(),
+        payload=row[7].encode(),
+        attempts=row[8],
+        created_at=datetime.fromisoformat(row[9]),
+        delivered_at=datetime.fromisoformat(row[10]) if row[10] else None,
+        parked_at=datetime.fromisoformat(row[11]) if row[11] else None,
+        last_error=row[12],
+    )
