@@ -111,6 +111,11 @@ class Application:
         """Decorator: ``fn(event, envelope)`` returns integration event(s) for the outbox of the same transaction."""
 
         def register(fn: Translator) -> Translator:
+            if inspect.iscoroutinefunction(fn):
+                raise TypeError(
+                    f"translator {fn.__qualname__} is async; translators are plain functions of (event, envelope). "
+                    f"For work that needs I/O, use @app.on({event_type.__name__}) and uow.publish(...)"
+                )
             self.registry.register(event_type)
             self._translators.setdefault(event_type, []).append((fn, topic))
             return fn

@@ -80,6 +80,10 @@ class SqliteStore:
         # each as a whole (state and outbox together), never half of one.
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        # A checkpoint fsyncs the database file; every 10,000 pages (~40 MB of WAL) instead of the
+        # default 1,000 took two-row commits from 4.8k/s to 6.7k/s here (bench sqlite-offload).
+        conn.execute("PRAGMA wal_autocheckpoint = 10000")
+        conn.execute("PRAGMA cache_size = -65536")
         return conn
 
     # -- schema --------------------------------------------------------------------------------
