@@ -1,0 +1,1 @@
+"""Benchmarks for tidings: run `python -m bench --help` to list them."""
