@@ -71,7 +71,9 @@ class Aggregate:
         self.version = 0
         self._pending: list[tuple[int, DomainEvent]] = []
         for field, default in self.state_defaults().items():
-            setattr(self, field, copy.copy(default))
+            # Deep, not shallow: a default like {"open": []} must not share its inner list
+            # between instances (and with the class attribute itself).
+            setattr(self, field, copy.deepcopy(default))
 
     # -- recording -----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ class Message:
 
     def __init_subclass__(cls, *, name: str | None = None, version: int = 1, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not isinstance(version, int) or version < 1:
+        if type(version) is not int or version < 1:
             raise TypeError(f"{cls.__qualname__}: version must be a positive int, got {version!r}")
         cls.message_name = name or cls.__name__
         cls.message_version = version

@@ -110,14 +110,21 @@ class MessageRegistry:
                 raise IncompatibleVersion(
                     name, version, current, f"no upcaster from v{step} to v{step + 1}; register one"
                 )
-            data = upcaster(dict(data))
+            try:
+                data = upcaster(dict(data))
+            except Exception as exc:
+                # An old payload the upcaster cannot handle (a field it expects is missing, say) is
+                # bad input like any other: report it as such instead of crashing the reader.
+                raise MalformedMessage(
+                    name, f"upcaster from v{step} to v{step + 1} failed on this payload: {exc!r}"
+                ) from exc
         return data
 
     def convert(self, name: str, data: dict[str, Any]) -> Message:
         """Build the current class registered as ``name`` from plain data, validating every field."""
         message_type = self.type_for(name)
         try:
-            return msgspec.convert(data, message_type, strict=False)
+            return msgspec.convert(data, message_type)
         except msgspec.ValidationError as exc:
             raise MalformedMessage(name, str(exc), _field_of(exc)) from None
 
@@ -150,10 +157,13 @@ def _field_of(exc: msgspec.ValidationError) -> str | None:
     # msgspec reports the location as "... - at `$.field.sub[0]`"; keep the dotted path only.
     text = str(exc)
     marker = " - at `$"
-    if marker not in text:
-        return None
-    path = text.split(marker, 1)[1].rstrip("`")
-    return path.lstrip(".") or None
+    path = text.split(marker, 1)[1].rstrip("`").lstrip(".") if marker in text else ""
+    # A missing field is reported at its parent ("Object missing required field `x` - at `$.y`").
+    missing = "missing required field `"
+    if missing in text:
+        name = text.split(missing, 1)[1].split("`", 1)[0]
+        path = f"{path}.{name}" if path else name
+    return path or None
 
 
 def _reason_of(exc: msgspec.ValidationError) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from tidings.domain.aggregate import Aggregate
+from tidings.messaging.errors import MalformedMessage
 
 __all__ = ["StateCodec"]
 
@@ -22,7 +23,7 @@ class StateCodec:
         for name, hint in aggregate_class.state_fields().items():
             default = getattr(aggregate_class, name, None)
             if isinstance(default, (list, dict, set)):
-                fields.append((name, hint, msgspec.field(default_factory=lambda d=default: copy.copy(d))))
+                fields.append((name, hint, msgspec.field(default_factory=lambda d=default: copy.deepcopy(d))))
             else:
                 fields.append((name, hint, default))
         self._struct = msgspec.defstruct(f"{aggregate_class.__name__}State", fields, kw_only=True)
@@ -35,4 +36,7 @@ class StateCodec:
 
     def decode(self, data: bytes | str) -> dict[str, Any]:
         """A state dict with each field of its declared type."""
-        return msgspec.structs.asdict(self._decoder.decode(data))
+        try:
+            return msgspec.structs.asdict(self._decoder.decode(data))
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+            raise MalformedMessage(self._struct.__name__, f"stored state does not fit the declared fields: {exc}") from None
