@@ -469,3 +469,11 @@ def test_domain_error_carries_the_message_meant_for_the_user() -> None:
 def test_validation_error_prefixes_what_it_knows(field: str | None, message_type: str | None, expected: str) -> None:
     # Given a validation error with some of field and message type / then the text starts with them
     assert str(ValidationError("is empty", field=field, message_type=message_type)) == expected
+
+
+def test_creating_an_existing_aggregate_says_it_already_exists() -> None:
+    # Given a collision where the saver thought the aggregate was new (version 0)
+    error = ConcurrencyError("License", "lic-1", expected=0, actual=3)
+
+    # Then the message says it exists and that retrying the creation will not help
+    assert str(error) == "License lic-1 already exists (at version 3) — it cannot be created again; load it instead"

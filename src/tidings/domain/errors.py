@@ -44,10 +44,14 @@ class ConcurrencyError(TidingsError):
         self.aggregate_id = aggregate_id
         self.expected = expected
         self.actual = actual
-        now = f"is at version {actual}" if actual is not None else "was changed concurrently"
-        super().__init__(
-            f"{aggregate_type} {aggregate_id} {now}, you saved from version {expected} — reload and retry"
-        )
+        if expected == 0:
+            # A "new" aggregate collided with an existing stream: retrying the same creation cannot help.
+            now = f" (at version {actual})" if actual is not None else ""
+            message = f"{aggregate_type} {aggregate_id} already exists{now} — it cannot be created again; load it instead"
+        else:
+            now = f"is at version {actual}" if actual is not None else "was changed concurrently"
+            message = f"{aggregate_type} {aggregate_id} {now}, you saved from version {expected} — reload and retry"
+        super().__init__(message)
 
 
 class AggregateNotFound(TidingsError):
