@@ -129,8 +129,8 @@ async def story(store: Store, checks: Checks) -> None:
     checks.expect("nothing was written by refused commands", await store.count("journal") == journal_before)
 
     console.print(Rule("5. what was committed"))
-    license = await app.repository.load(License, "lic-1")
-    checks.expect("lic-1 reloads with its state", license is not None and license.used == 3 and license.buyer_id == "buyer-ada")
+    license = await app.load(License, "lic-1")
+    checks.expect("lic-1 reloads with its state", license.used == 3 and license.buyer_id == "buyer-ada")
     console.print(journal_table(await store.read_journal()))
     outbox = await store.read_outbox()
     console.print(outbox_table(outbox))

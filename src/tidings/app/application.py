@@ -14,7 +14,7 @@ from tidings.app.partitioning import DEFAULT_PARTITIONS, partition_of
 from tidings.app.repository import Repository, stream_id_of
 from tidings.app.unit_of_work import UnitOfWork
 from tidings.domain.aggregate import Aggregate
-from tidings.domain.errors import ConcurrencyError, TidingsError
+from tidings.domain.errors import AggregateNotFound, ConcurrencyError, TidingsError
 from tidings.domain.messages import Command, DomainEvent, Message
 from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
@@ -26,6 +26,7 @@ from tidings.store.records import Changes, JournalEntry, OutboxEntry, SnapshotRo
 
 __all__ = ["Application", "CommandResult", "UnknownCommand", "DEFAULT_MAX_MESSAGE_BYTES"]
 
+A = TypeVar("A", bound=Aggregate)
 C = TypeVar("C", bound=Command)
 E = TypeVar("E", bound=DomainEvent)
 
@@ -75,13 +76,24 @@ class Application:
     ) -> None:
         self.name = name
         self.store = store
-        self.registry = registry or MessageRegistry()
-        self.repository = Repository(store, self.registry)
+        self.repository = Repository(store, registry or MessageRegistry())
         self.max_message_bytes = max_message_bytes
         self.partitions = partitions
         self._command_handlers: dict[type[Command], CommandHandler] = {}
         self._event_handlers: dict[type[DomainEvent], list[EventHandler]] = {}
         self._translators: dict[type[DomainEvent], list[tuple[Translator, str | None]]] = {}
+
+    @property
+    def registry(self) -> MessageRegistry:
+        """The message registry this application reads and writes with (shared with its repository)."""
+        return self.repository.registry
+
+    async def load(self, aggregate_type: type[A], aggregate_id: str) -> A:
+        """The aggregate as last committed, outside any command (for queries and tests); AggregateNotFound if absent."""
+        aggregate = await self.repository.load(aggregate_type, aggregate_id)
+        if aggregate is None:
+            raise AggregateNotFound(aggregate_type.aggregate_type, aggregate_id)
+        return aggregate
 
     # -- registration --------------------------------------------------------------------------
 

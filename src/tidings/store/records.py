@@ -116,4 +116,4 @@ class Changes:
     outbox: list[OutboxEntry] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.journal or self.outbox)
+        return bool(self.journal or self.states or self.snapshots or self.outbox)

@@ -9,7 +9,8 @@ CREATE TABLE tidings_journal (
     event_type      TEXT        NOT NULL,
     schema_version  INTEGER     NOT NULL,
     occurred_at     TIMESTAMPTZ NOT NULL,
-    correlation_id  UUID        NOT NULL,
+    -- TEXT, not UUID: a caller's correlation id may come from elsewhere (an HTTP request id), as on SQLite.
+    correlation_id  TEXT        NOT NULL,
     envelope        JSONB       NOT NULL,
     payload         JSONB       NOT NULL,
     CONSTRAINT tidings_journal_stream_version UNIQUE (stream_id, stream_version)
@@ -52,9 +53,10 @@ CREATE TABLE tidings_outbox (
 CREATE INDEX tidings_outbox_pending ON tidings_outbox (partition, id)
     WHERE delivered_at IS NULL AND parked_at IS NULL;
 
+-- TEXT event ids: an inbox also records messages of foreign producers, whose ids need not be UUIDs.
 CREATE TABLE tidings_inbox (
     consumer      TEXT        NOT NULL,
-    event_id      UUID        NOT NULL,
+    event_id      TEXT        NOT NULL,
     processed_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
 );
