@@ -1,13 +1,15 @@
-"""PostgreSQL store: psycopg 3, async, pooled; a commit is one pipelined round trip.
+"""PostgreSQL store: psycopg 3, async, pooled; a commit is one statement, one round trip.
 
-The whole unit of work (BEGIN, journal rows, state upserts, snapshots, outbox rows, COMMIT) is
-sent in pipeline mode and synchronised once, so a command costs one network round trip to write
-whatever it touched. Concurrency needs no read-before-write: a racing save collides on the
-journal's unique (stream_id, stream_version) and the whole transaction is rolled back.
+The whole unit of work (journal rows, state upserts, snapshots, outbox rows) is written by one
+INSERT whose other INSERTs ride along as data-modifying CTEs, so it is atomic as one statement and
+costs one network round trip whatever it touched (docs/decisions/0003). Concurrency needs no
+read-before-write: a racing save collides on the journal's unique (stream_id, stream_version) and
+the whole statement is rolled back.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -172,32 +174,18 @@ class PostgresStore:
     async def commit(self, changes: Changes) -> None:
         if not changes:
             return
-        async with self._pool.connection() as conn:
-            try:
-                async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-                    await cur.executemany(_INSERT_JOURNAL, [_journal_params(entry) for entry in changes.journal])
-                    if changes.states:
-                        await cur.executemany(
-                            _UPSERT_STATE,
-                            [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode()) for s in changes.states],
-                        )
-                    if changes.snapshots:
-                        await cur.executemany(
-                            _UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode()) for s in changes.snapshots]
-                        )
-                    if changes.outbox:
-                        await cur.executemany(
-                            _INSERT_OUTBOX,
-                            [
-                                (o.event_id, o.partition, o.partition_key, o.topic, o.event_type,
-                                 o.envelope.decode(), o.payload.decode())
-                                for o in changes.outbox
-                            ],
-                        )
-            except pg_errors.UniqueViolation as exc:
-                if exc.diag.constraint_name == "tidings_journal_stream_version":
-                    raise await self._concurrency_error(changes) from None
-                raise
+        try:
+            async with self._pool.connection() as conn:
+                if _rows_in(changes) <= _MAX_ROWS_PER_STATEMENT:
+                    await conn.execute(*_commit_statement(changes))
+                else:
+                    await _commit_pipelined(conn, changes)
+        except pg_errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "tidings_journal_stream_version":
+                # Asked once the connection is back in the pool: if every pooled connection were
+                # held by a conflicting commit, asking while holding one would wait forever.
+                raise await self._concurrency_error(changes) from None
+            raise
 
     async def _concurrency_error(self, changes: Changes) -> ConcurrencyError:
         for stream in changes.streams:
@@ -215,6 +203,98 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+# -- the commit statement ----------------------------------------------------------------------
+#
+# psycopg's pipeline mode sends BEGIN, the inserts and COMMIT in one flight too, but its client
+# side costs several times the CPU of a single statement (~720 µs against ~140 µs of client CPU
+# per transaction on the 2-core dev host, docs/decisions/0003), and CPU is what a busy
+# application server runs out of. One INSERT
+# with the others as data-modifying CTEs is one statement: atomic on its own, one round trip,
+# prepared once per shape (how many rows of each kind), and it raises the same UniqueViolation.
+
+# Beyond this many rows one statement would approach PostgreSQL's 65,535 parameters: such a
+# (rare) unit of work goes through executemany in a pipelined transaction instead.
+_MAX_ROWS_PER_STATEMENT = 1000
+
+_STATE_CONFLICT = (
+    " ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version, "
+    "state = excluded.state, updated_at = now()"
+)
+_SNAPSHOT_CONFLICT = (
+    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now()"
+)
+# (statement up to VALUES, placeholders per row, what follows the rows), in Changes' order.
+_PARTS = (
+    (_INSERT_JOURNAL.split(" VALUES ", 1)[0], 9, ""),
+    (_UPSERT_STATE.split(" VALUES ", 1)[0], 4, _STATE_CONFLICT),
+    (_UPSERT_SNAPSHOT.split(" VALUES ", 1)[0], 3, _SNAPSHOT_CONFLICT),
+    (_INSERT_OUTBOX.split(" VALUES ", 1)[0], 7, ""),
+)
+
+
+def _rows_in(changes: Changes) -> int:
+    return len(changes.journal) + len(changes.states) + len(changes.snapshots) + len(changes.outbox)
+
+
+def _last_per_key(rows: list[Any], key: Any) -> list[Any]:
+    # One statement may upsert a row only once; the pipelined version let the last write win.
+    if len(rows) < 2:
+        return rows
+    return list({key(row): row for row in rows}.values())
+
+
+def _commit_statement(changes: Changes) -> tuple[str, list[Any]]:
+    """The single INSERT (with CTEs) that writes all of ``changes``, and its parameters."""
+    states = _last_per_key(changes.states, lambda s: (s.aggregate_type, s.aggregate_id))
+    snapshots = _last_per_key(changes.snapshots, lambda s: s.stream_id)
+    params: list[Any] = []
+    for entry in changes.journal:
+        params.extend(_journal_params(entry))
+    for s in states:
+        params.extend((s.aggregate_type, s.aggregate_id, s.version, s.state.decode()))
+    for snap in snapshots:
+        params.extend((snap.stream_id, snap.version, snap.state.decode()))
+    for o in changes.outbox:
+        params.extend((o.event_id, o.partition, o.partition_key, o.topic, o.event_type, o.envelope.decode(), o.payload.decode()))
+    shape = (len(changes.journal), len(states), len(snapshots), len(changes.outbox))
+    return _statement_for(shape), params
+
+
+@lru_cache(maxsize=128)
+def _statement_for(shape: tuple[int, int, int, int]) -> str:
+    """SQL text for a commit of this many journal, state, snapshot and outbox rows."""
+    inserts = []
+    for (head, width, tail), rows in zip(_PARTS, shape, strict=True):
+        if rows:
+            row = "(" + ", ".join(["%s"] * width) + ")"
+            inserts.append(f"{head} VALUES {', '.join([row] * rows)}{tail}")
+    *ctes, last = inserts
+    if not ctes:
+        return last
+    return "WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(ctes)) + " " + last
+
+
+async def _commit_pipelined(conn: psycopg.AsyncConnection[Any], changes: Changes) -> None:
+    """Write a unit of work too large for one statement: executemany per table in one pipelined transaction."""
+    async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+        if changes.journal:
+            await cur.executemany(_INSERT_JOURNAL, [_journal_params(entry) for entry in changes.journal])
+        if changes.states:
+            await cur.executemany(
+                _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode()) for s in changes.states]
+            )
+        if changes.snapshots:
+            await cur.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode()) for s in changes.snapshots])
+        if changes.outbox:
+            await cur.executemany(
+                _INSERT_OUTBOX,
+                [
+                    (o.event_id, o.partition, o.partition_key, o.topic, o.event_type, o.envelope.decode(), o.payload.decode())
+                    for o in changes.outbox
+                ],
+            )
 
 
 def _redacted(url: str) -> str:
