@@ -1,37 +1,15 @@
-"""Fixtures that start from the real services: SQLite files and a PostgreSQL schema per test.
-
-Outside CI a test whose service is unreachable is skipped with the reason; with CI=true it fails,
-so a missing server can never turn into a green run.
-"""
+"""Fixtures that start from the real services: SQLite files and a PostgreSQL schema per test."""
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from support import POSTGRES_URL, StoreFactory, require_service
 from tidings.store import Store, open_store
-
-POSTGRES_URL = os.environ.get("TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-StoreFactory = Callable[[], Awaitable[Store]]
-
-
-def require_service(name: str, host: str, port: int) -> None:
-    """Fail (under CI) or skip (elsewhere) unless ``host:port`` accepts a TCP connection."""
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return
-    except OSError as exc:
-        reason = f"{name} is not reachable on {host}:{port} ({exc}); start it (see .ci/run)"
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(f"{reason}; under CI=true this test fails instead")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,6 +37,25 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
     for store in opened:
         if request.param == "postgresql" and store is opened[0]:
             await store.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[attr-defined]
+        await store.close()
+
+
+@pytest.fixture
+async def postgres_store_factory() -> AsyncIterator[StoreFactory]:
+    """Opens PostgreSQL stores on one fresh schema (for what only PostgreSQL does, like several relays)."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    opened: list[Store] = []
+
+    async def factory() -> Store:
+        store = await open_store(POSTGRES_URL, schema=schema, migrate=True)
+        opened.append(store)
+        return store
+
+    yield factory
+    if opened:
+        await opened[0].execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[attr-defined]
+    for store in opened:
         await store.close()
 
 

@@ -57,7 +57,7 @@ from tidings.messaging import new_id
 from tidings.store import Store
 
 if TYPE_CHECKING:
-    from conftest import StoreFactory
+    from support import StoreFactory
 
 TABLES = ("journal", "aggregate_state", "snapshots", "outbox", "inbox", "checkpoints")
 

@@ -26,7 +26,7 @@ from tidings.store import (
 from tidings.store.migrations import migrations_for
 
 if TYPE_CHECKING:
-    from conftest import StoreFactory
+    from support import StoreFactory
 
 TABLES = ("journal", "aggregate_state", "snapshots", "outbox", "inbox", "checkpoints")
 

@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from tidings.cli.render import journal_table, outbox_table
+from tidings.cli.render import journal_table, outbox_table, status_table
 from tidings.store import Store, open_store
 
 __all__ = ["app", "main"]
@@ -74,8 +74,17 @@ def journal(
     _with_store(database, work)
 
 
-@app.command("outbox")
-def outbox(
+outbox_app = typer.Typer(help="The outbox: what waits to be published, what is stuck, replays.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+
+BrokerOption = Annotated[
+    str | None,
+    typer.Option("--broker", "-b", envvar="TIDINGS_BROKER_URL", help="local:, nats://…, amqp://…, redis://…, kafka://…"),
+]
+
+
+@outbox_app.command("list")
+def outbox_list(
     database: DatabaseOption = None,
     limit: Annotated[int, typer.Option(help="at most this many rows")] = 50,
 ) -> None:
@@ -83,6 +92,79 @@ def outbox(
 
     async def work(store: Store) -> None:
         console.print(outbox_table(await store.read_outbox(limit)))
+
+    _with_store(database, work)
+
+
+@outbox_app.command("status")
+def outbox_status(database: DatabaseOption = None) -> None:
+    """Backlog, age of the oldest undelivered row, parked and retrying rows, per partition owners."""
+    from tidings.store.outbox import Outbox
+
+    async def work(store: Store) -> None:
+        console.print(status_table(await Outbox(store).status()))
+
+    _with_store(database, work)
+
+
+@outbox_app.command("replay")
+def outbox_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="outbox row ids to publish again")] = None,
+    parked: Annotated[bool, typer.Option("--parked", help="replay every parked row")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """Make rows publishable again: parked ones, or any by id (consumers de-duplicate, so this is safe)."""
+    from tidings.store.outbox import Outbox
+
+    if not ids and not parked:
+        console.print("[red]error:[/red] name row ids, or pass --parked to replay every parked row")
+        raise typer.Exit(2)
+
+    async def work(store: Store) -> int:
+        return await Outbox(store).replay(ids or (), parked=parked)
+
+    count = _with_store(database, work)
+    console.print(f"{count} row(s) will be published again by the relay")
+
+
+@app.command("relay")
+def relay(
+    database: DatabaseOption = None,
+    broker: BrokerOption = None,
+    batch_size: Annotated[int, typer.Option(help="rows claimed per round")] = 500,
+) -> None:
+    """Run a relay until interrupted: publish committed outbox rows to the broker, in order per key."""
+    import logging
+    import signal
+
+    from rich.logging import RichHandler
+
+    from tidings.brokers import open_broker
+    from tidings.runtime import Relay
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+
+    async def work(store: Store) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        connected = None
+        while connected is None and not stop.is_set():
+            try:
+                connected = await open_broker(broker, store=store)
+            except Exception as exc:  # the broker may come up after the relay: wait for it
+                console.print(f"[yellow]broker unavailable[/yellow] ({exc}); retrying in 2 s")
+                try:
+                    await asyncio.wait_for(stop.wait(), 2)
+                except TimeoutError:
+                    pass
+        if connected is None:
+            return
+        try:
+            await Relay(store, connected, batch_size=batch_size).run(stop)
+        finally:
+            await connected.close()
 
     _with_store(database, work)
 

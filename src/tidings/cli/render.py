@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import msgspec
 from rich.table import Table
 
+from tidings.store.outbox import OutboxStatus
 from tidings.store.records import OutboxRow, StoredEvent
 
-__all__ = ["journal_table", "outbox_table"]
+__all__ = ["journal_table", "outbox_table", "status_table"]
 
 
 def _short(value: str | None, width: int = 8) -> str:
@@ -52,4 +53,23 @@ def outbox_table(rows: Sequence[OutboxRow], title: str = "outbox") -> Table:
             "…" + _short(envelope.get("causation_id")),
             row.payload.decode(),
         )
+    return table
+
+
+def status_table(status: OutboxStatus) -> Table:
+    """The outbox at a glance: totals in the title, one row per partition with a backlog, then the relays."""
+    age = "—" if status.oldest_age_s is None else f"{status.oldest_age_s:.1f} s"
+    table = Table(
+        title=f"outbox: {status.backlog} undelivered (oldest {age}), {status.parked} parked, {status.retrying} retrying",
+        title_justify="left",
+    )
+    for column in ("partition", "backlog", "parked", "retrying", "oldest", "owner"):
+        table.add_column(column)
+    for p in status.partitions:
+        table.add_row(
+            str(p.partition), str(p.backlog), str(p.parked), str(p.retrying),
+            p.oldest_at.isoformat(timespec="seconds") if p.oldest_at else "", p.owner or "[yellow]nobody[/yellow]",
+        )
+    for relay_id, partitions, age_s in status.relays:
+        table.add_row("", "", "", "", "", f"relay {relay_id}: {partitions or 'none'} (heartbeat {age_s:.0f} s ago)")
     return table

@@ -9,6 +9,7 @@ the whole statement is rolled back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -23,7 +24,9 @@ from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, Sto
 
 __all__ = ["PostgresStore"]
 
-_TABLES = frozenset({"journal", "aggregate_state", "snapshots", "outbox", "inbox", "checkpoints"})
+_TABLES = frozenset(
+    {"journal", "aggregate_state", "snapshots", "outbox", "inbox", "checkpoints", "relays", "local_log", "local_offsets"}
+)
 # Any constant works; it only has to be the same for every process migrating one database.
 _MIGRATION_LOCK = 0x7469_6469_6E67
 
@@ -180,6 +183,10 @@ class PostgresStore:
                     await conn.execute(*_commit_statement(changes))
                 else:
                     await _commit_pipelined(conn, changes)
+        except pg_errors.DeadlockDetected:
+            # Two commits touching the same aggregates in opposite orders: one is chosen to fail.
+            # It is a conflict like any other, and a retry (after reloading) resolves it.
+            raise await self._concurrency_error(changes) from None
         except pg_errors.UniqueViolation as exc:
             if exc.diag.constraint_name == "tidings_journal_stream_version":
                 # Asked once the connection is back in the pool: if every pooled connection were
@@ -194,6 +201,30 @@ class PostgresStore:
                 return ConcurrencyError(stream.aggregate_type, stream.aggregate_id, stream.expected_version, actual)
         first = changes.streams[0]
         return ConcurrencyError(first.aggregate_type, first.aggregate_id, first.expected_version, None)
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query written with ``?`` placeholders (the dialect-neutral form)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_qmark(sql), tuple(params))
+            return await cur.fetchall()
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one ``?``-placeholder statement in its own transaction; returns the rows it changed."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_qmark(sql), tuple(params))
+            return cur.rowcount
+
+    async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute one ``?``-placeholder statement per row of parameters, all in one transaction."""
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(_qmark(sql), [tuple(row) for row in rows])
+
+    async def dedicated_connection(self) -> psycopg.AsyncConnection[Any]:
+        """A connection outside the pool (for session advisory locks and LISTEN), same database and schema."""
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if self.schema:
+            kwargs["options"] = f"-c search_path={self.schema}"
+        return await psycopg.AsyncConnection.connect(self.url, **kwargs)
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows, if any (for tools and tests)."""
@@ -295,6 +326,12 @@ async def _commit_pipelined(conn: psycopg.AsyncConnection[Any], changes: Changes
                     for o in changes.outbox
                 ],
             )
+
+
+@lru_cache(maxsize=256)
+def _qmark(sql: str) -> str:
+    # Our SQL never contains a literal "?" or "%": the translation is a plain replace.
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def _redacted(url: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, Sto
 
 __all__ = ["SqliteStore"]
 
-_TABLES = frozenset({"journal", "aggregate_state", "snapshots", "outbox", "inbox", "checkpoints"})
+_TABLES = frozenset(
+    {"journal", "aggregate_state", "snapshots", "outbox", "inbox", "checkpoints", "relays", "local_log", "local_offsets"}
+)
 
 _JOURNAL_COLUMNS = (
     "position, stream_id, stream_version, event_id, event_type, schema_version, occurred_at, "
@@ -65,6 +68,7 @@ class SqliteStore:
         self._conn = self._connect(wait=False)
         self._slow_conn: sqlite3.Connection | None = None
         self._slow_lock = threading.Lock()
+        self._outbox_written: asyncio.Event | None = None
         self._closed = False
 
     def _connect(self, *, wait: bool) -> sqlite3.Connection:
@@ -184,6 +188,18 @@ class SqliteStore:
                 raise
             # Another process holds the write lock: wait for it off the loop.
             await asyncio.to_thread(self._write_waiting, changes)
+        if changes.outbox and self._outbox_written is not None:
+            self._outbox_written.set()
+
+    async def wait_for_outbox(self, timeout: float) -> None:
+        """Return when this process commits outbox rows, or after ``timeout`` seconds."""
+        if self._outbox_written is None:
+            self._outbox_written = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._outbox_written.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._outbox_written.clear()
 
     def _write_waiting(self, changes: Changes) -> None:
         with self._slow_lock:
@@ -246,6 +262,51 @@ class SqliteStore:
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement on the loop's connection and return its rows (for tools and tests)."""
         return self._conn.execute(sql, params).fetchall()
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one short query (``?`` placeholders; datetimes bound as ISO text)."""
+        return self._conn.execute(sql, _bind(params)).fetchall()
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one short statement in its own transaction; returns the number of rows it changed."""
+        try:
+            return self._conn.execute(sql, _bind(params)).rowcount
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return await asyncio.to_thread(self._run_waiting, sql, _bind(params))
+
+    async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute one statement for each row of parameters, all in one transaction."""
+        bound = [_bind(row) for row in rows]
+        try:
+            self._run_many(self._conn, sql, bound)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            await asyncio.to_thread(self._run_many_waiting, sql, bound)
+
+    def _run_many_waiting(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self._slow_lock:
+            self._run_many(self._slow_connection(), sql, rows)
+
+    @staticmethod
+    def _run_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _run_waiting(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self._slow_lock:
+            return self._slow_connection().execute(sql, params).rowcount
+
+
+def _bind(params: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(p.isoformat() if isinstance(p, datetime) else p for p in params)
 
 
 def _statements(sql: str) -> list[str]:

@@ -1,0 +1,294 @@
+"""The relay: claims outbox rows of its partitions, publishes them, marks them delivered.
+
+See docs/decisions/0006 for why a batch goes out in rounds of one message per key. Failures come
+in two kinds. When the broker itself is down (every publish of a round failed as unavailable),
+no row is blamed: the relay backs off as a whole and says so once. When single rows fail while
+others pass, those rows are retried with their own backoff, and parked after ``max_attempts`` or
+at once when the broker rejects them for good; their keys wait, the others flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from tidings.app.partitioning import DEFAULT_PARTITIONS
+from tidings.brokers.base import Broker, BrokerUnavailable, MessageRejected, OutgoingMessage
+from tidings.brokers.headers import envelope_to_headers
+from tidings.messaging.envelope import utc_now
+from tidings.messaging.ids import new_id
+from tidings.runtime.backoff import Backoff
+from tidings.runtime.ownership import Ownership, ownership_for
+from tidings.store.base import Store
+from tidings.store.outbox import Outbox
+from tidings.store.records import OutboxRow
+
+__all__ = ["Relay", "RelayRound"]
+
+log = logging.getLogger("tidings.relay")
+
+
+@dataclass(slots=True)
+class RelayRound:
+    """What one claim-and-publish pass did."""
+
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0
+    parked: int = 0
+    broker_down: BaseException | None = None
+    delivered_ids: list[int] = field(default_factory=list)
+
+
+class Relay:
+    """Delivers committed outbox rows to a broker: in order per key, pipelined across keys, at least once."""
+
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        batch_size: int = 500,
+        max_attempts: int = 12,
+        backoff: Backoff = Backoff(0.2, 60.0),
+        idle_wait: float = 1.0,
+        rebalance_interval: float = 1.0,
+        retention: timedelta | None = timedelta(days=7),
+        prune_interval: float = 60.0,
+        partitions: int = DEFAULT_PARTITIONS,
+        relay_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.outbox = Outbox(store)
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.idle_wait = idle_wait
+        self.rebalance_interval = rebalance_interval
+        self.retention = retention
+        self.prune_interval = prune_interval
+        self.relay_id = relay_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}"
+        self.ownership: Ownership = ownership_for(store, self.relay_id, partitions)
+        self.owned: frozenset[int] = frozenset()
+        self._state = "starting"
+        self._down_since = 0
+        self._last_rebalance = 0.0
+        self._last_prune = 0.0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Relay until ``stop`` is set (or the task is cancelled); survives broker and database outages."""
+        stop = stop or asyncio.Event()
+        try:
+            while not stop.is_set():
+                try:
+                    await self._maybe_rebalance()
+                    if not self.owned:
+                        await _sleep_or_stop(stop, self.rebalance_interval)
+                        continue
+                    result = await self.publish_once()
+                    if result.broker_down is not None:
+                        self._down_since += 1
+                        await _sleep_or_stop(stop, self.backoff.delay(self._down_since))
+                        continue
+                    await self._maybe_prune()
+                    if result.claimed < self.batch_size:
+                        await self._idle(stop, min(self.idle_wait, self.rebalance_interval))
+                except (OSError, ConnectionError) as exc:
+                    # The database went away (restart, network): say it once, retry with backoff.
+                    self._set_state("database unavailable", f"{type(exc).__name__}: {exc}", level=logging.WARNING)
+                    self._down_since += 1
+                    self.owned = frozenset()
+                    await _sleep_or_stop(stop, self.backoff.delay(self._down_since))
+                except Exception as exc:
+                    if _is_database_error(exc):
+                        self._set_state("database unavailable", f"{type(exc).__name__}: {exc}", level=logging.WARNING)
+                        self._down_since += 1
+                        self.owned = frozenset()
+                        await _sleep_or_stop(stop, self.backoff.delay(self._down_since))
+                    else:
+                        raise
+        finally:
+            await self.ownership.release()
+            self._set_state("stopped")
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Publish until no ready row is left, then give the partitions back (TimeoutError after ``timeout`` s).
+
+        Waits for ownership first: a drain that could not own any partition has drained nothing.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                await self._maybe_rebalance(force=True)
+                if not self.owned:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"relay {self.relay_id} could not own any partition within {timeout} s")
+                    await asyncio.sleep(0.1)
+                    continue
+                result = await self.publish_once()
+                if result.claimed == 0:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"relay {self.relay_id} did not drain the outbox within {timeout} s")
+                if result.broker_down is not None:
+                    await asyncio.sleep(0.2)
+        finally:
+            await self.ownership.release()
+            self.owned = frozenset()
+
+    async def publish_once(self) -> RelayRound:
+        """Claim one batch from the owned partitions and publish it; mark, retry or park each row."""
+        result = RelayRound()
+        rows = await self.outbox.claim(sorted(self.owned), self.batch_size)
+        result.claimed = len(rows)
+        if not rows:
+            return result
+        lanes: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            lanes.setdefault(row.partition_key, []).append(row)
+        failures: list[tuple[int, str, object]] = []
+        parks: list[tuple[int, str]] = []
+        active = list(lanes.values())
+        depth = 0
+        while active:
+            batch = [lane[depth] for lane in active]
+            sendable, outcome = self._check_sizes(batch, parks)
+            results = await self.broker.publish([_outgoing(row) for row in sendable]) if sendable else []
+            outcome.update(zip((row.id for row in sendable), results, strict=True))
+            if sendable and all(isinstance(r, BrokerUnavailable) for r in results) and not result.delivered_ids:
+                # Nothing got through: the broker is down. Blame no row; back off as a whole.
+                result.broker_down = results[0]
+                self._set_state("broker down", f"{results[0]}; backing off", level=logging.WARNING)
+                break
+            still = []
+            for lane, row in zip(active, batch, strict=True):
+                error = outcome[row.id]
+                if error is None:
+                    result.delivered_ids.append(row.id)
+                    if depth + 1 < len(lane):
+                        still.append(lane)
+                elif error is _PARKED:
+                    continue
+                elif isinstance(error, MessageRejected) or row.attempts + 1 >= self.max_attempts:
+                    why = "rejected by the broker" if isinstance(error, MessageRejected) else f"gave up after {row.attempts + 1} attempts"
+                    parks.append((row.id, f"{why}: {error}"))
+                else:
+                    delay = self.backoff.delay(row.attempts + 1)
+                    failures.append((row.id, f"{type(error).__name__}: {error}", utc_now() + timedelta(seconds=delay)))
+            active = still
+            depth += 1
+        await self.outbox.mark_delivered(result.delivered_ids)
+        if failures:
+            await self.outbox.mark_failed(failures)  # type: ignore[arg-type]
+        if parks:
+            await self.outbox.park(parks)
+            for row_id, why in parks:
+                log.error("relay %s: parked outbox row %s: %s", self.relay_id, row_id, why)
+        result.delivered = len(result.delivered_ids)
+        result.retried = len(failures)
+        result.parked = len(parks)
+        if result.delivered:
+            self._down_since = 0
+            self._set_state("relaying")
+        return result
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_sizes(self, batch: Sequence[OutboxRow], parks: list[tuple[int, str]]) -> tuple[list[OutboxRow], dict[int, object]]:
+        """Rows small enough for the broker; the others are parked without a doomed publish."""
+        sendable, outcome = [], {}
+        limit = self.broker.max_message_bytes
+        for row in batch:
+            if len(row.payload) > limit:
+                parks.append((row.id, f"payload is {len(row.payload)} bytes, over the broker's limit of {limit}"))
+                outcome[row.id] = _PARKED
+            else:
+                sendable.append(row)
+        return sendable, outcome
+
+    async def _maybe_rebalance(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_rebalance >= self.rebalance_interval:
+            owned = await self.ownership.rebalance()
+            if owned != self.owned:
+                log.info("relay %s: owns %d partition(s) %s", self.relay_id, len(owned), _ranges(owned))
+            self.owned = owned
+            self._last_rebalance = now
+
+    async def _maybe_prune(self) -> None:
+        if self.retention is None or 0 not in self.owned:
+            return  # one relay (the owner of partition 0) prunes for everyone
+        now = time.monotonic()
+        if now - self._last_prune >= self.prune_interval:
+            self._last_prune = now
+            pruned = await self.outbox.prune(self.retention)
+            if pruned:
+                log.info("relay %s: pruned %d delivered row(s) older than %s", self.relay_id, pruned, self.retention)
+
+    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
+        """Wait for a commit that wrote outbox rows, for ``stop``, or for ``seconds``, whichever is first."""
+        waiters = {asyncio.ensure_future(self.ownership.wait_for_outbox(seconds)), asyncio.ensure_future(stop.wait())}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    def _set_state(self, state: str, detail: str = "", level: int = logging.INFO) -> None:
+        # State changes are logged once each, never per row.
+        if state != self._state:
+            if self._state in {"broker down", "database unavailable"} and state == "relaying":
+                log.info("relay %s: recovered (%s ended)", self.relay_id, self._state)
+            else:
+                log.log(level, "relay %s: %s%s", self.relay_id, state, f" — {detail}" if detail else "")
+            self._state = state
+
+
+_PARKED = object()
+
+
+def _outgoing(row: OutboxRow) -> OutgoingMessage:
+    return OutgoingMessage(
+        topic=row.topic,
+        key=row.partition_key,
+        partition=row.partition,
+        event_id=row.event_id,
+        headers=envelope_to_headers(row.envelope),
+        payload=row.payload,
+    )
+
+
+def _is_database_error(exc: Exception) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("psycopg", "psycopg_pool", "sqlite3"))
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+def _ranges(partitions: frozenset[int]) -> str:
+    if not partitions:
+        return "(none)"
+    ordered = sorted(partitions)
+    spans, start, prev = [], ordered[0], ordered[0]
+    for p in ordered[1:]:
+        if p != prev + 1:
+            spans.append(f"{start}-{prev}" if start != prev else str(start))
+            start = p
+        prev = p
+    spans.append(f"{start}-{prev}" if start != prev else str(start))
+    return ",".join(spans)

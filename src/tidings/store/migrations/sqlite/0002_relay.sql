@@ -1,0 +1,36 @@
+-- Rows that hold their key back: parked, or failed and waiting for a retry. Few by nature; the
+-- relay's claim looks here for an earlier held row of each candidate's key.
+CREATE INDEX tidings_outbox_held ON tidings_outbox (partition_key, id)
+    WHERE delivered_at IS NULL AND (parked_at IS NOT NULL OR next_attempt_at IS NOT NULL);
+-- Pruning deletes delivered rows oldest first, in bounded batches.
+CREATE INDEX tidings_outbox_delivered ON tidings_outbox (delivered_at) WHERE delivered_at IS NOT NULL;
+
+-- Relays announce themselves and the partitions they own, so the others can share fairly.
+CREATE TABLE tidings_relays (
+    relay_id      TEXT    PRIMARY KEY,
+    host          TEXT    NOT NULL,
+    pid           INTEGER NOT NULL,
+    started_at    TEXT    NOT NULL,
+    heartbeat_at  TEXT    NOT NULL,
+    partitions    TEXT    NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+
+-- The local broker: a durable log in the store, read by consumer groups from their offsets.
+CREATE TABLE tidings_local_log (
+    position      INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic         TEXT    NOT NULL,
+    partition     INTEGER NOT NULL,
+    key           TEXT    NOT NULL,
+    event_id      TEXT    NOT NULL UNIQUE,
+    headers       TEXT    NOT NULL,
+    payload       BLOB    NOT NULL,
+    published_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))
+);
+CREATE INDEX tidings_local_log_topic ON tidings_local_log (topic, position);
+
+CREATE TABLE tidings_local_offsets (
+    group_name  TEXT    NOT NULL,
+    topic       TEXT    NOT NULL,
+    position    INTEGER NOT NULL,
+    PRIMARY KEY (group_name, topic)
+) WITHOUT ROWID;

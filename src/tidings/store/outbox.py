@@ -1,0 +1,186 @@
+"""The outbox as the relay sees it: claim ready rows, mark them delivered, retry, park, replay, prune.
+
+Written once for both dialects over the store's ``fetch``/``run`` (``?`` placeholders); only
+integers we produce ourselves are ever inlined into SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from tidings.messaging.envelope import utc_now
+from tidings.store.base import Store
+from tidings.store.records import OutboxRow
+
+__all__ = ["Outbox", "OutboxStatus", "PartitionStatus"]
+
+_COLUMNS = (
+    "id, event_id, partition, partition_key, topic, event_type, envelope, payload, attempts, created_at, "
+    "delivered_at, parked_at, last_error"
+)
+_CAST_COLUMNS = (
+    "id, event_id::text, partition, partition_key, topic, event_type, envelope::text, payload::text, attempts, "
+    "created_at, delivered_at, parked_at, last_error"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    """Undelivered rows of one partition and who relays it."""
+
+    partition: int
+    backlog: int
+    parked: int
+    retrying: int
+    oldest_at: datetime | None
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    """What an operator asks first: how much is waiting, since when, and what is stuck."""
+
+    backlog: int
+    parked: int
+    retrying: int
+    oldest_age_s: float | None
+    partitions: list[PartitionStatus] = field(default_factory=list)
+    relays: list[tuple[str, str, float]] = field(default_factory=list)  # (relay id, partitions, heartbeat age s)
+
+
+class Outbox:
+    """Relay-side operations on a store's outbox table."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._columns = _CAST_COLUMNS if store.dialect == "postgresql" else _COLUMNS
+
+    async def claim(self, partitions: Sequence[int], limit: int, now: datetime | None = None) -> list[OutboxRow]:
+        """Up to ``limit`` rows ready to publish from ``partitions``, oldest first.
+
+        A row is ready when it is undelivered, not parked, due, and no earlier row of its key is
+        held back (parked, or waiting for a retry): a key's rows leave in order or not at all,
+        while other keys flow past a stuck one.
+        """
+        if not partitions:
+            return []
+        rows = await self.store.fetch(
+            f"SELECT {self._columns} FROM tidings_outbox o "
+            f"WHERE o.partition IN ({_ints(partitions)}) AND o.delivered_at IS NULL AND o.parked_at IS NULL "
+            "AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= ?) "
+            "AND NOT EXISTS (SELECT 1 FROM tidings_outbox h WHERE h.partition_key = o.partition_key "
+            "AND h.id < o.id AND h.delivered_at IS NULL "
+            "AND (h.parked_at IS NOT NULL OR h.next_attempt_at IS NOT NULL)) "
+            "ORDER BY o.id LIMIT ?",
+            (now or utc_now(), limit),
+        )
+        return [_row(r) for r in rows]
+
+    async def mark_delivered(self, ids: Sequence[int], now: datetime | None = None) -> None:
+        """Mark rows delivered, in one statement."""
+        if ids:
+            await self.store.run(
+                f"UPDATE tidings_outbox SET delivered_at = ? WHERE id IN ({_ints(ids)})", (now or utc_now(),)
+            )
+
+    async def mark_failed(self, failures: Sequence[tuple[int, str, datetime]]) -> None:
+        """Record a failed attempt of each row ``(id, error, next attempt at)``; the row waits until then."""
+        for row_id, error, next_at in failures:
+            await self.store.run(
+                "UPDATE tidings_outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
+                (error[:2000], next_at, row_id),
+            )
+
+    async def park(self, failures: Sequence[tuple[int, str]], now: datetime | None = None) -> None:
+        """Park rows ``(id, error)`` that will not succeed by retrying; they hold their key until replayed."""
+        for row_id, error in failures:
+            await self.store.run(
+                "UPDATE tidings_outbox SET attempts = attempts + 1, last_error = ?, parked_at = ? WHERE id = ?",
+                (error[:2000], now or utc_now(), row_id),
+            )
+
+    async def replay(self, ids: Sequence[int] = (), *, parked: bool = False) -> int:
+        """Make rows publishable again (parked ones, or any by id, delivered or not); returns how many."""
+        reset = "parked_at = NULL, delivered_at = NULL, next_attempt_at = NULL, attempts = 0"
+        if parked:
+            return await self.store.run(f"UPDATE tidings_outbox SET {reset} WHERE parked_at IS NOT NULL")
+        if not ids:
+            return 0
+        return await self.store.run(f"UPDATE tidings_outbox SET {reset} WHERE id IN ({_ints(ids)})")
+
+    async def prune(self, older_than: timedelta, *, batch: int = 5000, now: datetime | None = None) -> int:
+        """Delete delivered rows older than ``older_than``, ``batch`` rows per statement; returns how many."""
+        cutoff = (now or utc_now()) - older_than
+        total = 0
+        while True:
+            deleted = await self.store.run(
+                "DELETE FROM tidings_outbox WHERE id IN (SELECT id FROM tidings_outbox "
+                "WHERE delivered_at IS NOT NULL AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                (cutoff, batch),
+            )
+            total += deleted
+            if deleted < batch:
+                return total
+
+    async def status(self, now: datetime | None = None) -> OutboxStatus:
+        """Backlog, parked and retrying counts, oldest undelivered row's age, per partition and its owner."""
+        now = now or utc_now()
+        rows = await self.store.fetch(
+            "SELECT partition, count(*), "
+            "sum(CASE WHEN parked_at IS NOT NULL THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN parked_at IS NULL AND next_attempt_at IS NOT NULL THEN 1 ELSE 0 END), "
+            "min(created_at) FROM tidings_outbox WHERE delivered_at IS NULL GROUP BY partition ORDER BY partition"
+        )
+        relays = await self.store.fetch("SELECT relay_id, partitions, heartbeat_at FROM tidings_relays ORDER BY relay_id")
+        owners: dict[int, str] = {}
+        relay_list = []
+        for relay_id, parts, heartbeat in relays:
+            for part in filter(None, parts.split(",")):
+                owners[int(part)] = relay_id
+            relay_list.append((relay_id, parts, (now - _as_datetime(heartbeat)).total_seconds()))
+        partitions = [
+            PartitionStatus(p, int(n), int(parked or 0), int(retrying or 0), _as_datetime(oldest) if oldest else None, owners.get(p))
+            for p, n, parked, retrying, oldest in rows
+        ]
+        oldest_at = min((p.oldest_at for p in partitions if p.oldest_at), default=None)
+        return OutboxStatus(
+            backlog=sum(p.backlog for p in partitions),
+            parked=sum(p.parked for p in partitions),
+            retrying=sum(p.retrying for p in partitions),
+            oldest_age_s=(now - oldest_at).total_seconds() if oldest_at else None,
+            partitions=partitions,
+            relays=relay_list,
+        )
+
+
+def _ints(values: Sequence[int]) -> str:
+    # Inlined, not bound: an IN list of our own integers, safe and the same SQL on both dialects.
+    return ",".join(str(int(v)) for v in values)
+
+
+def _as_datetime(value: datetime | str) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _text(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _row(row: tuple) -> OutboxRow:  # type: ignore[type-arg]
+    return OutboxRow(
+        id=row[0],
+        event_id=row[1],
+        partition=row[2],
+        partition_key=row[3],
+        topic=row[4],
+        event_type=row[5],
+        envelope=_text(row[6]),
+        payload=_text(row[7]),
+        attempts=row[8],
+        created_at=_as_datetime(row[9]),
+        delivered_at=_as_datetime(row[10]) if row[10] else None,
+        parked_at=_as_datetime(row[11]) if row[11] else None,
+        last_error=row[12],
+    )

@@ -1,0 +1,29 @@
+"""The broker conformance fixtures: one ``broker_server`` per ``server_<name>.py`` module found here.
+
+Each module provides ``async def start(tmp_path: Path) -> BrokerServer``; the suite in
+test_broker_conformance.py runs unchanged against every one. A new broker is done when it passes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker_server import BrokerServer
+
+HERE = Path(__file__).parent
+SERVERS = sorted(p.stem.removeprefix("server_") for p in HERE.glob("server_*.py"))
+
+
+@pytest.fixture(params=SERVERS)
+async def broker_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BrokerServer]:
+    """A running broker server of each kind (the conformance parameter)."""
+    module = importlib.import_module(f"server_{request.param}")
+    server: BrokerServer = await module.start(tmp_path)
+    try:
+        yield server
+    finally:
+        await server.close()
