@@ -20,6 +20,7 @@ A = TypeVar("A", bound="Aggregate")
 _recording_order = itertools.count()
 
 _RESERVED = frozenset({"id", "version"})
+_IMMUTABLE = frozenset({int, float, str, bool, bytes, type(None)})
 
 
 def applies(method: F) -> F:
@@ -56,6 +57,7 @@ class Aggregate:
 
     _appliers_cache: ClassVar[dict[type[DomainEvent], Callable[[Any, Any], None]] | None] = None
     _fields_cache: ClassVar[dict[str, Any] | None] = None
+    _defaults_cache: ClassVar[dict[str, Any] | None] = None
 
     def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -63,6 +65,7 @@ class Aggregate:
         # Resolved lazily: annotations may name classes defined later in the user's module.
         cls._appliers_cache = None
         cls._fields_cache = None
+        cls._defaults_cache = None
 
     def __init__(self, id: str) -> None:
         if not isinstance(id, str) or not id:
@@ -70,10 +73,15 @@ class Aggregate:
         self.id = id
         self.version = 0
         self._pending: list[tuple[int, DomainEvent]] = []
-        for field, default in self.state_defaults().items():
+        self._set_defaults(self.state_fields())
+
+    def _set_defaults(self, fields: typing.Iterable[str]) -> None:
+        defaults = type(self).state_defaults()
+        for field in fields:
+            default = defaults[field]
             # Deep, not shallow: a default like {"open": []} must not share its inner list
-            # between instances (and with the class attribute itself).
-            setattr(self, field, copy.deepcopy(default))
+            # between instances (and with the class attribute itself). Immutable ones need no copy.
+            setattr(self, field, default if type(default) in _IMMUTABLE else copy.deepcopy(default))
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -125,7 +133,9 @@ class Aggregate:
     @classmethod
     def state_defaults(cls) -> dict[str, Any]:
         """Default value of each declared state attribute; attributes without one start as None."""
-        return {name: getattr(cls, name, None) for name in cls.state_fields()}
+        if cls._defaults_cache is None:
+            cls._defaults_cache = {name: getattr(cls, name, None) for name in cls.state_fields()}
+        return cls._defaults_cache
 
     def state(self) -> dict[str, Any]:
         """This aggregate's state as a dict of its declared attributes."""
@@ -135,10 +145,13 @@ class Aggregate:
     def restore(cls: type[A], id: str, version: int, state: dict[str, Any]) -> A:
         """Rebuild an aggregate from a saved state (a row or a snapshot) without recording anything."""
         aggregate = cls.__new__(cls)
-        Aggregate.__init__(aggregate, id)
+        aggregate.id = id
+        aggregate.version = version
+        aggregate._pending = []
         for field, value in state.items():
             setattr(aggregate, field, value)
-        aggregate.version = version
+        if len(state) < len(cls.state_fields()):
+            aggregate._set_defaults(field for field in cls.state_fields() if field not in state)
         return aggregate
 
     def replay(self, events: typing.Iterable[DomainEvent]) -> None:
