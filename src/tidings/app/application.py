@@ -148,7 +148,8 @@ class Application:
         context = context or MessageContext()
         for attempt in range(retries + 1):
             try:
-                return await self._handle_once(command, handler, context)
+                async with self.store.pinned():
+                    return await self._handle_once(command, handler, context)
             except ConcurrencyError:
                 if attempt == retries:
                     raise

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, runtime_checkable
 
 from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, StoredEvent
 
@@ -15,6 +17,22 @@ class Store(Protocol):
 
     url: str
     dialect: str
+
+    def pinned(self) -> AbstractAsyncContextManager[None]:
+        """Within the block, this task's statements share one connection (the application pins one per command)."""
+        ...
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query written with ``?`` placeholders, whatever the dialect."""
+        ...
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one ``?``-placeholder statement in its own transaction; the number of rows it changed."""
+        ...
+
+    async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute one ``?``-placeholder statement per row of parameters, in one transaction."""
+        ...
 
     async def migrate(self) -> list[str]:
         """Apply migrations not applied yet; return the names applied now (empty when up to date)."""

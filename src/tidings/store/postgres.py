@@ -9,7 +9,9 @@ the whole statement is rolled back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -66,6 +68,8 @@ class PostgresStore:
         self.url = url
         self.schema = schema
         self._pool = pool
+        # One variable per store: a task may use stores of two databases at once.
+        self._pinned: ContextVar[psycopg.AsyncConnection[Any] | None] = ContextVar(f"tidings_pinned_{id(self)}", default=None)
 
     @classmethod
     async def open(
@@ -87,6 +91,34 @@ class PostgresStore:
             async with pool.connection() as conn:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         return cls(url, pool, schema=schema)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def pinned(self) -> AsyncIterator[None]:
+        """Use one pooled connection for everything this task does inside the block (one command).
+
+        A command reads, then commits; pinning saves the second pool checkout (about a tenth of
+        the client's CPU per command here) and nothing else changes: statements still autocommit.
+        """
+        if self._pinned.get() is not None:
+            yield
+            return
+        async with self._pool.connection() as conn:
+            token = self._pinned.set(conn)
+            try:
+                yield
+            finally:
+                self._pinned.reset(token)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        conn = self._pinned.get()
+        if conn is not None:
+            yield conn
+        else:
+            async with self._pool.connection() as conn:
+                yield conn
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -114,12 +146,12 @@ class PostgresStore:
     # -- reads ---------------------------------------------------------------------------------
 
     async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
     async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchone()
 
@@ -178,7 +210,7 @@ class PostgresStore:
         if not changes:
             return
         try:
-            async with self._pool.connection() as conn:
+            async with self._connection() as conn:
                 if _rows_in(changes) <= _MAX_ROWS_PER_STATEMENT:
                     await conn.execute(*_commit_statement(changes))
                 else:
@@ -204,19 +236,19 @@ class PostgresStore:
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one query written with ``?`` placeholders (the dialect-neutral form)."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(_qmark(sql), tuple(params))
             return await cur.fetchall()
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute one ``?``-placeholder statement in its own transaction; returns the rows it changed."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(_qmark(sql), tuple(params))
             return cur.rowcount
 
     async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Execute one ``?``-placeholder statement per row of parameters, all in one transaction."""
-        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(_qmark(sql), [tuple(row) for row in rows])
 
     async def dedicated_connection(self) -> psycopg.AsyncConnection[Any]:
@@ -228,7 +260,7 @@ class PostgresStore:
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows, if any (for tools and tests)."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall() if cur.description else []
 

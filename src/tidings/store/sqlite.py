@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,11 @@ class SqliteStore:
         conn.execute("PRAGMA wal_autocheckpoint = 10000")
         conn.execute("PRAGMA cache_size = -65536")
         return conn
+
+    @asynccontextmanager
+    async def pinned(self) -> AsyncIterator[None]:
+        """Nothing to pin: the loop's statements always use one connection."""
+        yield
 
     # -- schema --------------------------------------------------------------------------------
 
