@@ -22,9 +22,12 @@ from rich.tree import Tree
 from examples.quickstart.application import build
 from examples.quickstart.domain import License, OfferLicense, PurchaseLicense, ReportUsage
 from tidings import DomainError, MessageContext, ValidationError, open_store
+from tidings.brokers import open_broker
 from tidings.cli.render import journal_table, outbox_table
 from tidings.messaging import MessageTooLarge
+from tidings.runtime import Relay
 from tidings.store import Store
+from tidings.store.outbox import Outbox
 
 console = Console()
 
@@ -147,6 +150,26 @@ async def story(store: Store, checks: Checks) -> None:
     names = {bought.command_id: "PurchaseLicense", within.command_id: "ReportUsage", over.command_id: "ReportUsage"}
     console.print(trace_tree(bought.correlation_id, journal + published, names))
     checks.expect("the trace holds the purchase, both usage reports and both publications", len(journal) == 4 and len(published) == 2)
+
+    console.print(Rule("7. the relay delivers the outbox to the broker"))
+    broker = await open_broker("local:", store=store)
+    subscription = await broker.subscribe(
+        ["licensing.LicensePurchaseConfirmed", "licensing.UsageViolationDetected"], "compliance"
+    )
+    await Relay(store, broker).drain(timeout=10)
+    received = []
+    async for delivery in subscription:
+        received.append(delivery)
+        await delivery.ack()
+        console.print(f"  compliance received [magenta]{delivery.topic}[/magenta] key={delivery.key} {delivery.payload.decode()}")
+        if len(received) == 2:
+            break
+    await subscription.close()
+    status = await Outbox(store).status()
+    checks.expect("both integration events reached the consumer group, in commit order",
+                  [d.topic for d in received] == ["licensing.LicensePurchaseConfirmed", "licensing.UsageViolationDetected"])
+    checks.expect("the envelope travelled as headers", all(d.headers.get("tidings-correlation_id") == bought.correlation_id for d in received))
+    checks.expect("the outbox is drained", status.backlog == 0)
 
 
 async def main(database: str | None) -> int:
