@@ -7,6 +7,7 @@ test_broker_conformance.py runs unchanged against every one. A new broker is don
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import pytest
 from broker_server import BrokerServer
 
 HERE = Path(__file__).parent
+# The models and helpers of tests/ are shared with the broker tests.
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
 SERVERS = sorted(p.stem.removeprefix("server_") for p in HERE.glob("server_*.py"))
 
 
