@@ -2,6 +2,9 @@
 -- relay's claim looks here for an earlier held row of each candidate's key.
 CREATE INDEX tidings_outbox_held ON tidings_outbox (partition_key, id)
     WHERE delivered_at IS NULL AND (parked_at IS NOT NULL OR next_attempt_at IS NOT NULL);
+-- The claim's ORDER BY id LIMIT n walks this and stops after n rows. Without it, PostgreSQL with
+-- 2M delivered rows and a 50k backlog chose the primary key and took 1.4 s per claim (0.7 ms with it).
+CREATE INDEX tidings_outbox_pending_id ON tidings_outbox (id) WHERE delivered_at IS NULL AND parked_at IS NULL;
 -- Pruning deletes delivered rows oldest first, in bounded batches.
 CREATE INDEX tidings_outbox_delivered ON tidings_outbox (delivered_at) WHERE delivered_at IS NOT NULL;
 
