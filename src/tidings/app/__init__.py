@@ -1,7 +1,7 @@
 """The application layer: command handlers, the unit of work, the in-transaction domain bus, translation."""
 
 from tidings.app.application import DEFAULT_MAX_MESSAGE_BYTES, Application, CommandResult, UnknownCommand
-from tidings.app.partitioning import DEFAULT_PARTITIONS, partition_of
+from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
 from tidings.app.repository import Repository, stream_id_of
 from tidings.app.unit_of_work import UnitOfWork
 

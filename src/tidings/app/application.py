@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from tidings.app.partitioning import DEFAULT_PARTITIONS, partition_of
+from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
 from tidings.app.repository import Repository, stream_id_of
 from tidings.app.unit_of_work import UnitOfWork
 from tidings.domain.aggregate import Aggregate

@@ -53,7 +53,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from tidings.app.partitioning import DEFAULT_PARTITIONS
+from tidings.messaging.partitioning import DEFAULT_PARTITIONS
 from tidings.brokers.base import BrokerUnavailable, Delivery, MessageRejected, OutgoingMessage
 
 __all__ = ["RedisBroker", "RedisSubscription", "from_url"]

@@ -10,10 +10,12 @@ from tidings.messaging.errors import (
     UnknownMessageType,
 )
 from tidings.messaging.ids import new_id
+from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
 from tidings.messaging.registry import MessageRegistry, Upcaster
 from tidings.messaging.state import StateCodec
 
 __all__ = [
+    "DEFAULT_PARTITIONS",
     "Envelope",
     "IncompatibleVersion",
     "IntegrationEvent",
@@ -26,5 +28,6 @@ __all__ = [
     "UnknownMessageType",
     "Upcaster",
     "new_id",
+    "partition_of",
     "utc_now",
 ]

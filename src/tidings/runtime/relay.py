@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from tidings.app.partitioning import DEFAULT_PARTITIONS
+from tidings.messaging.partitioning import DEFAULT_PARTITIONS
 from tidings.brokers.base import Broker, BrokerUnavailable, MessageRejected, OutgoingMessage
 from tidings.brokers.headers import envelope_to_headers
 from tidings.messaging.envelope import utc_now
