@@ -30,11 +30,11 @@ import uuid
 from pathlib import Path
 
 import aio_pika
-import pytest
+
+from support import unavailable
 
 from tidings.brokers.rabbitmq import RabbitMQBroker
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: Bounds on the node's life cycle; a fresh node boots in ~5 s, a restart takes ~6 s on this machine.
 BOOT_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -63,12 +63,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
-
-def _unavailable(reason: str) -> None:
-    """Fail under CI, skip elsewhere: a missing server must never turn into a green run."""
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(f"{reason}; under CI=true this test fails instead")
 
 
 class PrivateNode:
@@ -175,12 +169,12 @@ async def _shared_node() -> PrivateNode:
     """The session's private node, started on first use and destroyed when the interpreter exits."""
     global _node, _failure
     if _failure is not None:
-        _unavailable(_failure)
+        unavailable(_failure)
     if _node is None:
         script = _server_script()
         if script is None or not os.access(script, os.X_OK):
             _failure = "rabbitmq-server is not installed (set TIDINGS_TEST_RABBITMQ_SERVER to its sbin script)"
-            _unavailable(_failure)
+            unavailable(_failure)
         assert script is not None
         node = PrivateNode(script)
         atexit.register(node.destroy)
@@ -190,7 +184,7 @@ async def _shared_node() -> PrivateNode:
         except RuntimeError as exc:
             node.destroy()
             _failure = str(exc)
-            _unavailable(_failure)
+            unavailable(_failure)
         _node = node
     return _node
 
