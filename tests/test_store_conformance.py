@@ -361,3 +361,82 @@ async def test_a_commit_of_only_state_and_snapshots_is_written(store: Store) -> 
     # Then both rows are there (an empty-looking Changes must not be skipped)
     assert (await store.load_state("License", "solo")) is not None
     assert (await store.load_snapshot("Counter:solo")) is not None
+
+
+# -- transactions --------------------------------------------------------------------------------
+
+_INBOX = "INSERT INTO tidings_inbox (consumer, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+
+
+class _Boom(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+async def test_a_transaction_commits_statements_and_a_unit_of_work_together(store: Store) -> None:
+    # When an inbox row and a unit of work are written in one transaction
+    async with store.transaction() as tx:
+        assert await tx.run(_INBOX, ("billing", "e-1")) == 1
+        await tx.commit(appended("License", "a", 1))
+    # Then both are there
+    assert await store.count("inbox") == 1 and await store.stream_version("License:a") == 1
+
+
+async def test_an_error_in_a_transaction_rolls_back_everything_in_it(store: Store) -> None:
+    # Given a transaction that writes an inbox row, a unit of work with an outbox row, then fails
+    changes = appended("License", "a", 1)
+    changes.outbox.append(outbox_entry())
+    with pytest.raises(_Boom):
+        async with store.transaction() as tx:
+            await tx.run(_INBOX, ("billing", "e-1"))
+            await tx.commit(changes)
+            assert await tx.stream_version("License:a") == 1  # visible inside
+            raise _Boom
+    # Then nothing of it was written
+    assert await table_counts(store) == dict.fromkeys(TABLES, 0)
+
+
+async def test_a_duplicate_inbox_row_in_a_transaction_changes_nothing(store: Store) -> None:
+    # Given a processed event, When it arrives again, Then the insert reports zero rows
+    await store.run(_INBOX, ("billing", "e-1"))
+    async with store.transaction() as tx:
+        assert await tx.run(_INBOX, ("billing", "e-1")) == 0
+        assert await tx.run(_INBOX, ("shipping", "e-1")) == 1
+    assert await store.count("inbox") == 2
+
+
+async def test_a_conflict_inside_a_transaction_undoes_only_that_commit(store: Store) -> None:
+    # Given License a at version 1
+    await store.commit(appended("License", "a", 1))
+    async with store.transaction() as tx:
+        await tx.run(_INBOX, ("billing", "e-1"))
+        # When a stale commit fails inside the transaction
+        with pytest.raises(ConcurrencyError):
+            await tx.commit(appended("License", "a", 1))
+        # Then the transaction goes on: a reload and retry commits
+        await tx.commit(appended("License", "a", 2))
+    assert await store.stream_version("License:a") == 2 and await store.count("inbox") == 1
+
+
+async def test_other_tasks_never_see_or_join_an_open_transaction(store: Store) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        with pytest.raises(_Boom):
+            async with store.transaction() as tx:
+                await tx.run(_INBOX, ("billing", "inside"))
+                entered.set()
+                await release.wait()
+                raise _Boom
+
+    task = asyncio.create_task(holder())
+    await entered.wait()
+    # While the transaction is open, another task writes and reads
+    outside = asyncio.create_task(store.run(_INBOX, ("billing", "outside")))
+    seen = asyncio.create_task(store.fetch("SELECT event_id FROM tidings_inbox ORDER BY event_id"))
+    await asyncio.sleep(0.05)
+    release.set()
+    await task
+    await outside
+    # Then the rolled-back row was never visible to it, and its own write survived the rollback
+    assert ("inside",) not in await seen
+    assert await store.fetch("SELECT event_id FROM tidings_inbox") == [("outside",)]

@@ -22,6 +22,14 @@ class Store(Protocol):
         """Within the block, this task's statements share one connection (the application pins one per command)."""
         ...
 
+    def transaction(self) -> AbstractAsyncContextManager[Store]:
+        """Within the block, this task's statements and commits are one transaction: all or nothing.
+
+        Used where an effect must commit with a record of it (a consumer's inbox row, a
+        projection's checkpoint). Nested blocks and commits inside become savepoints.
+        """
+        ...
+
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one query written with ``?`` placeholders, whatever the dialect."""
         ...

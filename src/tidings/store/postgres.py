@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -110,6 +111,19 @@ class PostgresStore:
                 yield
             finally:
                 self._pinned.reset(token)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresStore]:
+        """Within the block, this task's statements and commits form one transaction (nested: a savepoint).
+
+        A consumer writes its inbox row, its effects and any command's commit in one of these, so
+        they commit together or not at all.
+        """
+        async with self.pinned():
+            conn = self._pinned.get()
+            assert conn is not None
+            async with conn.transaction():
+                yield self
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -211,10 +225,13 @@ class PostgresStore:
             return
         try:
             async with self._connection() as conn:
-                if _rows_in(changes) <= _MAX_ROWS_PER_STATEMENT:
-                    await conn.execute(*_commit_statement(changes))
+                if conn.info.transaction_status == TransactionStatus.INTRANS:
+                    # Inside a caller's transaction: a savepoint, so a conflict undoes this write only
+                    # and the caller may reload and retry.
+                    async with conn.transaction():
+                        await self._write(conn, changes)
                 else:
-                    await _commit_pipelined(conn, changes)
+                    await self._write(conn, changes)
         except pg_errors.DeadlockDetected:
             # Two commits touching the same aggregates in opposite orders: one is chosen to fail.
             # It is a conflict like any other, and a retry (after reloading) resolves it.
@@ -225,6 +242,13 @@ class PostgresStore:
                 # held by a conflicting commit, asking while holding one would wait forever.
                 raise await self._concurrency_error(changes) from None
             raise
+
+    @staticmethod
+    async def _write(conn: psycopg.AsyncConnection[Any], changes: Changes) -> None:
+        if _rows_in(changes) <= _MAX_ROWS_PER_STATEMENT:
+            await conn.execute(*_commit_statement(changes))
+        else:
+            await _commit_pipelined(conn, changes)
 
     async def _concurrency_error(self, changes: Changes) -> ConcurrencyError:
         for stream in changes.streams:

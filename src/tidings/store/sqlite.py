@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,12 @@ class SqliteStore:
         self._slow_lock = threading.Lock()
         self._outbox_written: asyncio.Event | None = None
         self._closed = False
+        # An open transaction owns the loop's connection: every other task's statement waits for
+        # the lock, because on a shared connection it would silently join (or see) that transaction.
+        self._tx_lock = asyncio.Lock()
+        self._tx_active: object | None = None
+        self._tx_outbox = False
+        self._tx_mine: ContextVar[object | None] = ContextVar(f"tidings_sqlite_tx_{id(self)}", default=None)
 
     def _connect(self, *, wait: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -95,6 +103,71 @@ class SqliteStore:
     async def pinned(self) -> AsyncIterator[None]:
         """Nothing to pin: the loop's statements always use one connection."""
         yield
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteStore]:
+        """Within the block, this task's statements and commits form one transaction (nested: a savepoint)."""
+        if self._tx_active is not None and self._tx_mine.get() is self._tx_active:
+            async with self._savepoint():
+                yield self
+            return
+        async with self._tx_lock:
+            await self._begin_immediate()
+            marker = object()
+            self._tx_active, self._tx_outbox = marker, False
+            token = self._tx_mine.set(marker)
+            try:
+                yield self
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+                if self._tx_outbox and self._outbox_written is not None:
+                    self._outbox_written.set()
+            finally:
+                self._tx_mine.reset(token)
+                self._tx_active = None
+
+    @asynccontextmanager
+    async def _savepoint(self) -> AsyncIterator[None]:
+        self._conn.execute("SAVEPOINT tidings_nested")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK TO tidings_nested")
+            self._conn.execute("RELEASE tidings_nested")
+            raise
+        self._conn.execute("RELEASE tidings_nested")
+
+    async def _begin_immediate(self) -> None:
+        # The loop's connection never blocks on another process's write lock: poll for it instead,
+        # so the loop keeps serving other tasks while we wait (up to the busy timeout).
+        deadline = time.monotonic() + self._busy_timeout_s
+        pause = 0.001
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _in_my_transaction(self) -> bool:
+        return self._tx_active is not None and self._tx_mine.get() is self._tx_active
+
+    async def _wait_turn(self) -> None:
+        """Wait while another task's transaction holds the connection.
+
+        After the lock is released the caller runs its statement before yielding to the loop, so
+        no transaction can begin in between.
+        """
+        while self._tx_active is not None and self._tx_mine.get() is not self._tx_active:
+            async with self._tx_lock:
+                pass
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -131,6 +204,8 @@ class SqliteStore:
     # -- reads ---------------------------------------------------------------------------------
 
     async def load_state(self, aggregate_type: str, aggregate_id: str) -> StateRow | None:
+        if self._tx_active is not None:
+            await self._wait_turn()
         row = self._conn.execute(
             "SELECT version, state FROM tidings_aggregate_state WHERE aggregate_type = ? AND aggregate_id = ?",
             (aggregate_type, aggregate_id),
@@ -138,12 +213,16 @@ class SqliteStore:
         return None if row is None else StateRow(aggregate_type, aggregate_id, row[0], row[1].encode())
 
     async def load_snapshot(self, stream_id: str) -> SnapshotRow | None:
+        if self._tx_active is not None:
+            await self._wait_turn()
         row = self._conn.execute(
             "SELECT version, state FROM tidings_snapshots WHERE stream_id = ?", (stream_id,)
         ).fetchone()
         return None if row is None else SnapshotRow(stream_id, row[0], row[1].encode())
 
     async def load_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
+        if self._tx_active is not None:
+            await self._wait_turn()
         rows = self._conn.execute(
             f"SELECT {_JOURNAL_COLUMNS} FROM tidings_journal WHERE stream_id = ? AND stream_version > ? "
             "ORDER BY stream_version",
@@ -152,12 +231,16 @@ class SqliteStore:
         return [_stored_event(row) for row in rows]
 
     async def stream_version(self, stream_id: str) -> int:
+        if self._tx_active is not None:
+            await self._wait_turn()
         row = self._conn.execute(
             "SELECT coalesce(max(stream_version), 0) FROM tidings_journal WHERE stream_id = ?", (stream_id,)
         ).fetchone()
         return int(row[0])
 
     async def read_journal(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        if self._tx_active is not None:
+            await self._wait_turn()
         rows = self._conn.execute(
             f"SELECT {_JOURNAL_COLUMNS} FROM tidings_journal WHERE position > ? ORDER BY position LIMIT ?",
             (after_position, limit),
@@ -165,6 +248,8 @@ class SqliteStore:
         return [_stored_event(row) for row in rows]
 
     async def read_correlation(self, correlation_id: str) -> list[StoredEvent]:
+        if self._tx_active is not None:
+            await self._wait_turn()
         rows = self._conn.execute(
             f"SELECT {_JOURNAL_COLUMNS} FROM tidings_journal WHERE correlation_id = ? ORDER BY position",
             (correlation_id,),
@@ -172,12 +257,16 @@ class SqliteStore:
         return [_stored_event(row) for row in rows]
 
     async def read_outbox(self, limit: int = 1000) -> list[OutboxRow]:
+        if self._tx_active is not None:
+            await self._wait_turn()
         rows = self._conn.execute(
             f"SELECT {_OUTBOX_COLUMNS} FROM tidings_outbox ORDER BY id LIMIT ?", (limit,)
         ).fetchall()
         return [_outbox_row(row) for row in rows]
 
     async def count(self, table: str) -> int:
+        if self._tx_active is not None:
+            await self._wait_turn()
         if table not in _TABLES:
             raise ValueError(f"unknown table {table!r}; one of {sorted(_TABLES)}")
         return int(self._conn.execute(f"SELECT count(*) FROM tidings_{table}").fetchone()[0])
@@ -187,6 +276,12 @@ class SqliteStore:
     async def commit(self, changes: Changes) -> None:
         if not changes:
             return
+        if self._tx_active is not None:
+            if self._in_my_transaction():
+                self._write_nested(changes)
+                self._tx_outbox = self._tx_outbox or bool(changes.outbox)
+                return
+            await self._wait_turn()
         try:
             self._write(self._conn, changes)
         except sqlite3.OperationalError as exc:
@@ -207,6 +302,24 @@ class SqliteStore:
             pass
         self._outbox_written.clear()
 
+    def _write_nested(self, changes: Changes) -> None:
+        # Inside an open transaction: a savepoint, so a concurrency error undoes this write only.
+        conn = self._conn
+        conn.execute("SAVEPOINT tidings_commit")
+        try:
+            self._insert(conn, changes)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO tidings_commit")
+            conn.execute("RELEASE tidings_commit")
+            if "tidings_journal.stream_id" in str(exc):
+                raise self._concurrency_error(conn, changes) from None
+            raise
+        except BaseException:
+            conn.execute("ROLLBACK TO tidings_commit")
+            conn.execute("RELEASE tidings_commit")
+            raise
+        conn.execute("RELEASE tidings_commit")
+
     def _write_waiting(self, changes: Changes) -> None:
         with self._slow_lock:
             self._write(self._slow_connection(), changes)
@@ -214,21 +327,7 @@ class SqliteStore:
     def _write(self, conn: sqlite3.Connection, changes: Changes) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT_JOURNAL, [_journal_params(entry) for entry in changes.journal])
-            if changes.states:
-                conn.executemany(
-                    _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode()) for s in changes.states]
-                )
-            if changes.snapshots:
-                conn.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode()) for s in changes.snapshots])
-            if changes.outbox:
-                conn.executemany(
-                    _INSERT_OUTBOX,
-                    [
-                        (o.event_id, o.partition, o.partition_key, o.topic, o.event_type, o.envelope.decode(), o.payload.decode())
-                        for o in changes.outbox
-                    ],
-                )
+            self._insert(conn, changes)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK")
@@ -239,6 +338,24 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, changes: Changes) -> None:
+        conn.executemany(_INSERT_JOURNAL, [_journal_params(entry) for entry in changes.journal])
+        if changes.states:
+            conn.executemany(
+                _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode()) for s in changes.states]
+            )
+        if changes.snapshots:
+            conn.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode()) for s in changes.snapshots])
+        if changes.outbox:
+            conn.executemany(
+                _INSERT_OUTBOX,
+                [
+                    (o.event_id, o.partition, o.partition_key, o.topic, o.event_type, o.envelope.decode(), o.payload.decode())
+                    for o in changes.outbox
+                ],
+            )
 
     def _concurrency_error(self, conn: sqlite3.Connection, changes: Changes) -> ConcurrencyError:
         for stream in changes.streams:
@@ -271,10 +388,16 @@ class SqliteStore:
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one short query (``?`` placeholders; datetimes bound as ISO text)."""
+        if self._tx_active is not None:
+            await self._wait_turn()
         return self._conn.execute(sql, _bind(params)).fetchall()
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute one short statement in its own transaction; returns the number of rows it changed."""
+        if self._tx_active is not None:
+            if self._in_my_transaction():
+                return self._conn.execute(sql, _bind(params)).rowcount
+            await self._wait_turn()
         try:
             return self._conn.execute(sql, _bind(params)).rowcount
         except sqlite3.OperationalError as exc:
@@ -285,6 +408,11 @@ class SqliteStore:
     async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Execute one statement for each row of parameters, all in one transaction."""
         bound = [_bind(row) for row in rows]
+        if self._tx_active is not None:
+            if self._in_my_transaction():
+                self._conn.executemany(sql, bound)
+                return
+            await self._wait_turn()
         try:
             self._run_many(self._conn, sql, bound)
         except sqlite3.OperationalError as exc:
