@@ -159,7 +159,9 @@ class Application:
         command_id = new_id()
         unit = _Commit(self, context, command_id)
         uow = UnitOfWork(self)
-        uow.causation_id = command_id
+        # A command run on behalf of a message (a consumer's) keeps that message as the cause of
+        # its events, so a trace leads from the incoming event to what it caused.
+        uow.causation_id = context.causation_id or command_id
         value = await _maybe_await(handler(command, uow))
         if isinstance(value, Aggregate) and value not in uow.aggregates:
             uow.add(value)  # returning a new aggregate saves it, so it cannot be forgotten
