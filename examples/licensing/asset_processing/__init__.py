@@ -1,0 +1,1 @@
+"""Asset Processing: uploaded media assets get their metadata extracted and are indexed for search."""

@@ -1,0 +1,1 @@
+"""Application layer of this context: command handlers, policies and translators (filled in later)."""

@@ -1,0 +1,1 @@
+"""Compliance: usage past a license's allowance opens an investigation that is reviewed and closed."""

@@ -1,0 +1,1 @@
+"""Specification of the reference platform (examples/licensing): domains, contracts and context boundaries."""
