@@ -3,3 +3,8 @@
 from tidings.runtime.relay import Relay, RelayRound
 
 __all__ = ["Relay", "RelayRound"]
+
+from tidings.runtime.sagas import Deadline, Saga, SagaOutcome, SagaRunner, compensates, on, starts  # noqa: E402
+from tidings.runtime.scheduler import Scheduler  # noqa: E402
+
+__all__ += ["Deadline", "Saga", "SagaOutcome", "SagaRunner", "Scheduler", "compensates", "on", "starts"]
