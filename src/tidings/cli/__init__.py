@@ -172,3 +172,6 @@ def relay(
 def main() -> None:
     """Entry point of the ``tidings`` script."""
     app()
+
+
+from tidings.cli import scheduler as _scheduler  # noqa: E402,F401  (registers `tidings scheduler` and `tidings sagas`)
