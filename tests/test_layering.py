@@ -30,6 +30,8 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
     "brokers": frozenset({"domain", "messaging", "store", "brokers"}),
     "app": frozenset({"domain", "messaging", "store", "brokers", "app"}),
     "runtime": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime"}),
+    # The users' test kit drives applications and runtimes, never the operator surfaces.
+    "testing": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "testing"}),
     "dashboard": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "dashboard"}),
     # The command line may start the dashboard and read the package facade (``__version__``).
     "cli": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "dashboard", "cli", FACADE}),

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -83,6 +84,8 @@ _REJECTING_ERR_CODES = {
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\x00-\x1f\x7f]")
+# Header names already found valid (bounded; see _prepare).
+_GOOD_NAMES: set[str] = set()
 _KEPT = re.compile(r"[A-Za-z0-9_-]")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _MAX_CONSUMER_NAME = 200
@@ -120,6 +123,7 @@ def from_url(url: str, **options: Any) -> NatsBroker:
     return NatsBroker(servers, url=url, **(query | options))
 
 
+@functools.lru_cache(maxsize=4096)
 def subject_token(topic: str) -> str:
     """The subject tokens for ``topic``: a one-to-one escape that only yields valid, non-empty tokens."""
     if not topic:
@@ -146,6 +150,8 @@ def consumer_name(group: str, topic: str) -> str:
 def _encode_value(value: str) -> str:
     # nats-py strips values and turns CR/LF into spaces; send such values (and any value that
     # looks like our escape) base64-encoded so they arrive exactly as given.
+    if value.isprintable() and value[:1] != " " and value[-1:] != " " and not value.startswith(_B64):
+        return value  # the common case, decided without a regex (it runs for every header)
     if value != value.strip() or _UNSAFE_VALUE.search(value) or value.startswith(_B64):
         return _B64 + base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")
     return value
@@ -418,13 +424,17 @@ class NatsBroker:
             raise MessageRejected(f"message {message.event_id} has an empty topic")
         headers: dict[str, str] = {}
         for name, value in message.headers.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise MessageRejected(f"{what}: header name {name!r} is not a valid NATS header name (RFC 7230 token)")
-            if name.lower().startswith("nats-"):
-                raise MessageRejected(f"{what}: header {name!r} is reserved for the NATS server")
-            if name in _TRANSPORT_HEADERS:
-                raise MessageRejected(f"{what}: header {name!r} is used by the NATS broker itself for routing")
-            headers[name] = _encode_value(str(value))
+            if name not in _GOOD_NAMES:
+                if not _HEADER_NAME.fullmatch(name):
+                    raise MessageRejected(f"{what}: header name {name!r} is not a valid NATS header name (RFC 7230 token)")
+                if name.lower().startswith("nats-"):
+                    raise MessageRejected(f"{what}: header {name!r} is reserved for the NATS server")
+                if name in _TRANSPORT_HEADERS:
+                    raise MessageRejected(f"{what}: header {name!r} is used by the NATS broker itself for routing")
+                if len(_GOOD_NAMES) < 10_000:
+                    # Messages carry the same few names again and again: check each name once.
+                    _GOOD_NAMES.add(name)
+            headers[name] = _encode_value(value if type(value) is str else str(value))
         headers[H_TOPIC] = _encode_value(message.topic)
         headers[H_KEY] = _encode_value(message.key)
         headers[H_PARTITION] = str(int(message.partition))
@@ -433,7 +443,9 @@ class NatsBroker:
         headers[_MSG_ID] = _encode_value(message.event_id)
         # Refuse to land in another stream that happens to capture the subject.
         headers[_EXPECTED_STREAM] = self.stream
-        size = len(message.payload) + len(b"NATS/1.0\r\n\r\n") + sum(len(f"{k}: {v}\r\n".encode()) for k, v in headers.items())
+        size = len(message.payload) + 12  # b"NATS/1.0\r\n\r\n"
+        for name, value in headers.items():
+            size += len(name) + 4 + (len(value) if value.isascii() else len(value.encode()))  # ": " and CRLF
         limit = min(max_payload, self._stream_max_msg_size) if self._stream_max_msg_size > 0 else max_payload
         if size > limit:
             raise MessageRejected(f"{what} is {size} bytes with its headers, over the NATS limit of {limit}")
@@ -511,6 +523,9 @@ class NatsBroker:
         headers = msg.headers or {}
         if headers.get(api.Header.STATUS.value) == "503":
             future.set_result(_AckError(503, None, "no responders (no stream captures the subject, or JetStream is down)"))
+            return
+        if msg.data[:1] == b"{" and b'"error"' not in msg.data:
+            future.set_result(None)  # {"stream":…,"seq":…}: stored (or a duplicate already stored); no need to parse
             return
         try:
             body = json.loads(msg.data)

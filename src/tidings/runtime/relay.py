@@ -44,6 +44,19 @@ class RelayRound:
     parked: int = 0
     broker_down: BaseException | None = None
     delivered_ids: list[int] = field(default_factory=list)
+    #: Rows to retry later ``(id, error, due)`` and rows to park ``(id, why)``, until settled.
+    failures: list[tuple[int, str, object]] = field(default_factory=list, repr=False)
+    parks: list[tuple[int, str]] = field(default_factory=list, repr=False)
+    #: Keys of the rows that failed or were parked: their later rows must wait.
+    stuck_keys: set[str] = field(default_factory=set, repr=False)
+
+    def add(self, other: RelayRound) -> None:
+        """Count ``other`` into this one (a pipelined pass sums its batches)."""
+        self.claimed += other.claimed
+        self.delivered += other.delivered
+        self.retried += other.retried
+        self.parked += other.parked
+        self.broker_down = self.broker_down or other.broker_down
 
 
 class Relay:
@@ -94,13 +107,13 @@ class Relay:
                     if not self.owned:
                         await _sleep_or_stop(stop, self.rebalance_interval)
                         continue
-                    result = await self.publish_once()
+                    result = await self._stream(stop)
                     if result.broker_down is not None:
                         self._down_since += 1
                         await _sleep_or_stop(stop, self.backoff.delay(self._down_since))
                         continue
                     await self._maybe_prune()
-                    if result.claimed < self.batch_size:
+                    if not result.more:
                         await self._idle(stop, min(self.idle_wait, self.rebalance_interval))
                 except (OSError, ConnectionError) as exc:
                     # The database went away (restart, network): say it once, retry with backoff.
@@ -134,7 +147,7 @@ class Relay:
                         raise TimeoutError(f"relay {self.relay_id} could not own any partition within {timeout} s")
                     await asyncio.sleep(0.1)
                     continue
-                result = await self.publish_once()
+                result = await self._stream(None)
                 if result.claimed == 0:
                     return
                 if time.monotonic() > deadline:
@@ -147,16 +160,70 @@ class Relay:
 
     async def publish_once(self) -> RelayRound:
         """Claim one batch from the owned partitions and publish it; mark, retry or park each row."""
-        result = RelayRound()
         rows = await self.outbox.claim(sorted(self.owned), self.batch_size)
-        result.claimed = len(rows)
+        result = await self._publish(rows)
+        await self._settle(result)
+        return result
+
+    async def _stream(self, stop: asyncio.Event | None) -> _Pass:
+        """Relay batch after batch while the backlog lasts, overlapping the database with the broker.
+
+        While batch N is published, batch N+1 is claimed (ids after N's last) and batch N-1 is
+        marked. Order per key still holds: N+1 is published only after all of N was confirmed,
+        and a key whose row failed or was parked in a batch not yet settled is skipped in every
+        later batch of this pass (the claim could not see the failure yet); its rows are claimed
+        again, after the settle, by the next pass. A pass ends when a claim comes back short, the
+        broker is down, ``stop`` is set, or it is time to rebalance the partitions.
+        """
+        total = _Pass()
+        partitions = sorted(self.owned)
+        ends_at = time.monotonic() + self.rebalance_interval
+        stuck: set[str] = set()
+        claim: asyncio.Future[list[OutboxRow]] | None = asyncio.ensure_future(
+            self.outbox.claim(partitions, self.batch_size)
+        )
+        settle: asyncio.Future[None] | None = None
+        try:
+            while claim is not None:
+                rows = await claim
+                claim = None
+                total.claimed += len(rows)
+                if not rows:
+                    break
+                full = len(rows) == self.batch_size
+                if full and time.monotonic() < ends_at and not (stop is not None and stop.is_set()):
+                    claim = asyncio.ensure_future(self.outbox.claim(partitions, self.batch_size, after=rows[-1].id))
+                if stuck:
+                    rows = [row for row in rows if row.partition_key not in stuck]
+                result = await self._publish(rows)
+                if settle is not None:
+                    await settle
+                    settle = None
+                settle = asyncio.ensure_future(self._settle(result))
+                total.add(result)
+                stuck |= result.stuck_keys
+                total.more = full or bool(stuck)
+                if result.broker_down is not None:
+                    break
+        finally:
+            if claim is not None:
+                claim.cancel()
+                await asyncio.gather(claim, return_exceptions=True)
+            if settle is not None:
+                # Rows the broker confirmed are marked even when the pass is cancelled: otherwise
+                # they would be published again (harmless for idempotent consumers, but wasteful).
+                await asyncio.shield(settle)
+        return total
+
+    async def _publish(self, rows: Sequence[OutboxRow]) -> RelayRound:
+        """Publish ``rows`` in rounds of one message per key; say what to mark, retry and park."""
+        result = RelayRound(claimed=len(rows))
         if not rows:
             return result
         lanes: dict[str, list[OutboxRow]] = {}
         for row in rows:
             lanes.setdefault(row.partition_key, []).append(row)
-        failures: list[tuple[int, str, object]] = []
-        parks: list[tuple[int, str]] = []
+        failures, parks = result.failures, result.parks
         active = list(lanes.values())
         depth = 0
         while active:
@@ -167,7 +234,7 @@ class Relay:
             if sendable and all(isinstance(r, BrokerUnavailable) for r in results) and not result.delivered_ids:
                 # Nothing got through: the broker is down. Blame no row; back off as a whole.
                 result.broker_down = results[0]
-                self._set_state("broker down", f"{results[0]}; backing off", level=logging.WARNING)
+                result.stuck_keys.update(lanes)
                 break
             still = []
             for lane, row in zip(active, batch, strict=True):
@@ -176,9 +243,11 @@ class Relay:
                     result.delivered_ids.append(row.id)
                     if depth + 1 < len(lane):
                         still.append(lane)
-                elif error is _PARKED:
                     continue
-                elif isinstance(error, MessageRejected) or row.attempts + 1 >= self.max_attempts:
+                result.stuck_keys.add(row.partition_key)
+                if error is _PARKED:
+                    continue
+                if isinstance(error, MessageRejected) or row.attempts + 1 >= self.max_attempts:
                     why = "rejected by the broker" if isinstance(error, MessageRejected) else f"gave up after {row.attempts + 1} attempts"
                     parks.append((row.id, f"{why}: {error}"))
                 else:
@@ -186,20 +255,25 @@ class Relay:
                     failures.append((row.id, f"{type(error).__name__}: {error}", utc_now() + timedelta(seconds=delay)))
             active = still
             depth += 1
-        await self.outbox.mark_delivered(result.delivered_ids)
-        if failures:
-            await self.outbox.mark_failed(failures)  # type: ignore[arg-type]
-        if parks:
-            await self.outbox.park(parks)
-            for row_id, why in parks:
-                log.error("relay %s: parked outbox row %s: %s", self.relay_id, row_id, why)
         result.delivered = len(result.delivered_ids)
         result.retried = len(failures)
         result.parked = len(parks)
-        if result.delivered:
+        return result
+
+    async def _settle(self, result: RelayRound) -> None:
+        """Write what ``_publish`` found out: delivered, failed (with the next attempt), parked."""
+        await self.outbox.mark_delivered(result.delivered_ids)
+        if result.failures:
+            await self.outbox.mark_failed(result.failures)  # type: ignore[arg-type]
+        if result.parks:
+            await self.outbox.park(result.parks)
+            for row_id, why in result.parks:
+                log.error("relay %s: parked outbox row %s: %s", self.relay_id, row_id, why)
+        if result.broker_down is not None and not result.delivered:
+            self._set_state("broker down", f"{result.broker_down}; backing off", level=logging.WARNING)
+        elif result.delivered:
             self._down_since = 0
             self._set_state("relaying")
-        return result
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -255,6 +329,13 @@ class Relay:
 
 
 _PARKED = object()
+
+
+@dataclass(slots=True)
+class _Pass(RelayRound):
+    """A pipelined pass over the backlog: the sum of its batches, and whether rows are left."""
+
+    more: bool = False
 
 
 def _outgoing(row: OutboxRow) -> OutgoingMessage:

@@ -84,10 +84,11 @@ class OutboxRow:
     envelope: bytes
     payload: bytes
     attempts: int
-    created_at: datetime
-    delivered_at: datetime | None
-    parked_at: datetime | None
-    last_error: str | None
+    #: None in rows claimed by the relay, which reads only what it publishes.
+    created_at: datetime | None = None
+    delivered_at: datetime | None = None
+    parked_at: datetime | None = None
+    last_error: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
