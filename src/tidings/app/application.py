@@ -276,6 +276,8 @@ class _Commit:
                 if cause is not None and cause.aggregate_type and cause.aggregate_id and cause.aggregate_version
                 else None
             )
+            # Registered as they are published, so whatever reads this outbox back can decode them.
+            self.app.registry.register(type(publication.event))
             envelope = self._envelope(publication.event, publication.causation_id, aggregate)
             self.published.append(envelope)
             changes.outbox.append(

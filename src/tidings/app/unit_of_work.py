@@ -79,7 +79,8 @@ class UnitOfWork:
         self.publications.append(
             PendingPublication(
                 event=event,
-                topic=topic or event.message_name,
+                # A contract may name its topic (a ``topic`` class attribute); else its message name.
+                topic=topic or getattr(type(event), "topic", None) or event.message_name,
                 partition_key=partition_key or self.causation_id,
                 causation_id=self.causation_id,
                 cause=self.cause,

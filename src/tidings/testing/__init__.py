@@ -6,6 +6,7 @@
 - ``Harness`` — one bounded context's application on an in-memory store; handle commands, read events and publications.
 - ``AppFactory`` — what the harness builds an application with: ``build(store) -> Application``.
 - ``HarnessFactory`` — the type of the ``tidings_harness`` fixture.
+- ``saga_scenario`` — start a given/when/then specification of one saga (``SagaScenario`` → ``SagaThen``).
 
 The fixtures ``tidings_sqlite_store``, ``tidings_postgres_store`` and ``tidings_harness`` come from
 the pytest plugin installed with tidings (:mod:`tidings.testing.plugin`); nothing to import.
@@ -13,5 +14,16 @@ the pytest plugin installed with tidings (:mod:`tidings.testing.plugin`); nothin
 
 from tidings.testing.aggregates import Outcome, Scenario, scenario
 from tidings.testing.harness import AppFactory, Harness, HarnessFactory
+from tidings.testing.sagas import SagaScenario, SagaThen, saga_scenario
 
-__all__ = ["AppFactory", "Harness", "HarnessFactory", "Outcome", "Scenario", "scenario"]
+__all__ = [
+    "AppFactory",
+    "Harness",
+    "HarnessFactory",
+    "Outcome",
+    "SagaScenario",
+    "SagaThen",
+    "Scenario",
+    "saga_scenario",
+    "scenario",
+]
