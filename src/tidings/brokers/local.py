@@ -151,9 +151,12 @@ class LocalSubscription:
             advanced[self._topic_of.pop(pos)] = pos
         for topic, pos in advanced.items():
             self._offsets[topic] = pos
+            # Concurrent acks write from several connections (PostgreSQL): a lower offset that
+            # commits last must not move the group back.
             await self.store.run(
                 "INSERT INTO tidings_local_offsets (group_name, topic, position) VALUES (?, ?, ?) "
-                "ON CONFLICT (group_name, topic) DO UPDATE SET position = excluded.position",
+                "ON CONFLICT (group_name, topic) DO UPDATE SET position = excluded.position "
+                "WHERE tidings_local_offsets.position < excluded.position",
                 (self.group, topic, pos),
             )
 
