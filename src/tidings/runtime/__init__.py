@@ -8,3 +8,8 @@ from tidings.runtime.sagas import Deadline, Saga, SagaOutcome, SagaRunner, compe
 from tidings.runtime.scheduler import Scheduler  # noqa: E402
 
 __all__ += ["Deadline", "Saga", "SagaOutcome", "SagaRunner", "Scheduler", "compensates", "on", "starts"]
+
+from tidings.runtime.consumer import ANY, Consumer, ConsumerStats, HandlerContext, Retries, WrongTenant  # noqa: E402
+from tidings.runtime.dead_letters import DeadLetter, DeadLetters, ReplayRefused  # noqa: E402
+
+__all__ += ["ANY", "Consumer", "ConsumerStats", "DeadLetter", "DeadLetters", "HandlerContext", "ReplayRefused", "Retries", "WrongTenant"]

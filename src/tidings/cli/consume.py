@@ -1,0 +1,287 @@
+"""``tidings consume APP_SPEC`` runs consumers; ``tidings dlq …`` shows, replays and purges their dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from tidings.runtime.dead_letters import DeadLetter, DeadLetters, ReplayRefused
+from tidings.store import Store, open_store
+
+__all__ = ["consume", "dlq_app", "load_consumers"]
+
+T = TypeVar("T")
+
+console = Console()
+dlq_app = typer.Typer(help="Dead letters: messages consumers could not apply, and those parked behind them.", no_args_is_help=True)
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--database", "-d", envvar="TIDINGS_DATABASE_URL", help="sqlite:///file.db or postgresql://…"),
+]
+BrokerOption = Annotated[
+    str | None,
+    typer.Option("--broker", "-b", envvar="TIDINGS_BROKER_URL", help="local:, nats://…, amqp://…, redis://…, kafka://…"),
+]
+
+_STATUS_STYLE = {
+    "dead": "bold red",
+    "held": "yellow",
+    "replay_requested": "cyan",
+    "replayed": "green",
+    "purged": "dim",
+}
+
+
+def _run(url: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store = await open_store(url)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except (ConnectionError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+# -- tidings consume ----------------------------------------------------------------------------
+
+
+async def load_consumers(spec: str, store: Store, broker: Any) -> list[Any]:
+    """The consumers named by ``module:attribute``: a Consumer, a list of them, or a factory of (store, broker)."""
+    from tidings.runtime.consumer import Consumer
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"APP_SPEC must look like package.module:attribute, got {spec!r}")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: the working directory's modules are importable
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for {spec!r}: {exc}") from exc
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if callable(target) and not isinstance(target, Consumer):
+        arity = len(inspect.signature(target).parameters)
+        target = target(*(store, broker)[:arity])
+        if inspect.isawaitable(target):
+            target = await target
+    consumers = list(target) if isinstance(target, (list, tuple)) else [target]
+    for consumer in consumers:
+        if not isinstance(consumer, Consumer):
+            raise ValueError(f"{spec} gave {type(consumer).__name__}, not a Consumer (or a list of them, or a factory)")
+        consumer.attach(store, broker)
+    return consumers
+
+
+def consume(
+    app_spec: Annotated[str, typer.Argument(help="module:attribute of a Consumer, a list of them, or a factory (store, broker)")],
+    database: DatabaseOption = None,
+    broker: BrokerOption = None,
+) -> None:
+    """Run consumers until interrupted: apply each message once, in order per key; dead-letter what fails."""
+    from rich.logging import RichHandler
+
+    from tidings.brokers import open_broker
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+
+    async def work(store: Store) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        connected = None
+        while connected is None and not stop.is_set():
+            try:
+                connected = await open_broker(broker, store=store)
+            except RuntimeError as exc:  # the broker's client library is not installed
+                raise ValueError(str(exc)) from exc
+            except Exception as exc:  # the broker may come up after the consumer: wait for it
+                console.print(f"[yellow]broker unavailable[/yellow] ({exc}); retrying in 2 s")
+                try:
+                    await asyncio.wait_for(stop.wait(), 2)
+                except TimeoutError:
+                    pass
+        if connected is None:
+            return
+        try:
+            consumers = await load_consumers(app_spec, store, connected)
+            await asyncio.gather(*(consumer.run(stop) for consumer in consumers))
+        finally:
+            await connected.close()
+
+    _run(database, work)
+
+
+# -- tidings dlq --------------------------------------------------------------------------------
+
+
+@dlq_app.command("list")
+def dlq_list(
+    database: DatabaseOption = None,
+    consumer: Annotated[str | None, typer.Option("--consumer", "-c", help="only this consumer's")] = None,
+    status: Annotated[
+        list[str] | None, typer.Option("--status", "-s", help="dead, held, replay_requested, replayed, purged (repeatable)")
+    ] = None,
+    all_statuses: Annotated[bool, typer.Option("--all", help="every status, replayed and purged too")] = False,
+    limit: Annotated[int, typer.Option(help="at most this many rows")] = 50,
+) -> None:
+    """Show dead letters, oldest first: what is dead, what is held behind it, what waits for a replay."""
+    statuses = ("dead", "held", "replay_requested", "replayed", "purged") if all_statuses else tuple(status or ())
+    statuses = statuses or ("dead", "held", "replay_requested")
+
+    async def work(store: Store) -> tuple[list[DeadLetter], dict[tuple[str, str], int]]:
+        letters = DeadLetters(store)
+        return await letters.list(consumer=consumer, statuses=statuses, limit=limit), await letters.counts(consumer)
+
+    rows, counts = _run(database, work)
+    console.print(dead_letters_table(rows, counts))
+
+
+@dlq_app.command("show")
+def dlq_show(
+    row_id: Annotated[int, typer.Argument(metavar="ID", help="the dead letter's id (from `tidings dlq list`)")],
+    database: DatabaseOption = None,
+) -> None:
+    """Everything about one dead letter: the message as received, the error and its traceback."""
+
+    async def work(store: Store) -> DeadLetter | None:
+        return await DeadLetters(store).get(row_id)
+
+    row = _run(database, work)
+    if row is None:
+        console.print(f"[red]error:[/red] there is no dead letter {row_id} — `tidings dlq list` shows the ids")
+        raise typer.Exit(1)
+    console.print(dead_letter_panel(row))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[int] | None, typer.Argument(metavar="ID…", help="dead letters to apply again")] = None,
+    all_dead: Annotated[bool, typer.Option("--all", help="every dead letter (of --consumer, if given)")] = False,
+    consumer: Annotated[str | None, typer.Option("--consumer", "-c", help="with --all: only this consumer's")] = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Ask the running consumer to apply dead letters again (once each); held messages of their keys follow in order."""
+    if not ids and not all_dead:
+        console.print("[red]error:[/red] name dead letter ids, or pass --all to replay every dead letter")
+        raise typer.Exit(2)
+
+    async def work(store: Store) -> int:
+        return await DeadLetters(store).request_replay(ids or (), all_dead=all_dead, consumer=consumer)
+
+    try:
+        count = _run(database, work)
+    except ReplayRefused as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"{count} dead letter(s) marked [cyan]replay_requested[/cyan]; the running consumer applies them "
+        "(`tidings dlq list --all` shows when they are replayed)"
+    )
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    ids: Annotated[list[int], typer.Argument(metavar="ID…", help="dead letters to give up on")],
+    database: DatabaseOption = None,
+) -> None:
+    """Give up on dead letters: they are marked purged (kept, never deleted); messages held behind them flow on."""
+
+    async def work(store: Store) -> int:
+        return await DeadLetters(store).purge(ids)
+
+    try:
+        count = _run(database, work)
+    except ReplayRefused as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{count} dead letter(s) purged; the rows stay, with status [dim]purged[/dim]")
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def dead_letters_table(rows: Sequence[DeadLetter], counts: dict[tuple[str, str], int] | None = None) -> Table:
+    """One line per dead letter; the title sums up every consumer's counts by status."""
+    summary = ""
+    if counts:
+        per_status: dict[str, int] = {}
+        for (_, status), n in counts.items():
+            per_status[status] = per_status.get(status, 0) + n
+        summary = ": " + ", ".join(f"{n} {status}" for status, n in sorted(per_status.items()))
+    table = Table(title=f"dead letters{summary}", title_justify="left")
+    for column in ("id", "consumer", "status", "topic", "key", "event", "attempts", "reason / error", "since"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        event = f"{row.event_type or '?'}" + (f" v{row.schema_version}" if row.schema_version else "")
+        why = row.reason if row.status == "held" else f"{row.reason}: {_first_line(row.error)}"
+        table.add_row(
+            str(row.id), row.consumer, Text(row.status, style=_STATUS_STYLE.get(row.status, "")), row.topic, row.key,
+            f"{event}\n…{row.event_id[-12:]}", str(row.attempts), why, row.created_at.isoformat(timespec="seconds"),
+        )
+    if not rows:
+        table.caption = "nothing here — every message was applied"
+    return table
+
+
+def dead_letter_panel(row: DeadLetter) -> Panel:
+    """One dead letter in full: identity, status, error, traceback, envelope and payload."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    facts.add_row("status", Text(row.status, style=_STATUS_STYLE.get(row.status, "")))
+    facts.add_row("consumer", row.consumer)
+    facts.add_row("topic / key", f"{row.topic} / {row.key} (partition {row.partition})")
+    facts.add_row("event", f"{row.event_type or '?'} v{row.schema_version or '?'}  {row.event_id}")
+    facts.add_row("reason", row.reason)
+    facts.add_row("attempts", str(row.attempts))
+    facts.add_row("created / updated", f"{row.created_at.isoformat(timespec='seconds')} / {row.updated_at.isoformat(timespec='seconds')}")
+    if row.envelope:
+        facts.add_row("correlation", str(row.envelope.get("correlation_id")))
+        facts.add_row("causation", str(row.envelope.get("causation_id")))
+    parts: list[Any] = [facts]
+    if row.error:
+        parts.append(Text(f"\n{row.error}", style="red"))
+    if row.traceback:
+        parts.append(Syntax(row.traceback.rstrip(), "pytb", word_wrap=True))
+    parts.append(Text("\nheaders", style="bold"))
+    parts.append(Syntax(json.dumps(row.headers, indent=2, ensure_ascii=False), "json", word_wrap=True))
+    parts.append(Text("payload", style="bold"))
+    parts.append(_payload(row.payload))
+    return Panel(Group(*parts), title=f"dead letter {row.id}", title_align="left")
+
+
+def _payload(payload: bytes) -> Any:
+    try:
+        return Syntax(json.dumps(json.loads(payload), indent=2, ensure_ascii=False), "json", word_wrap=True)
+    except (ValueError, UnicodeDecodeError):
+        # Not JSON (that may be why it is here): show the bytes as they are.
+        return Text(repr(payload[:2000]) + (" …" if len(payload) > 2000 else ""))
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
