@@ -8,7 +8,9 @@ handler in another process. Environment of the child processes:
   with each effect, to see who applied what);
 - ``STALL_ACKS=1``: every ack waits forever, so a test can kill the process after its commits and
   before its acks;
-- ``DELIVERIES_LOG=path``: every delivery's event id is appended to that file (to see redeliveries).
+- ``DELIVERIES_LOG=path``: every delivery's event id is appended to that file (to see redeliveries);
+- ``HANG_KEY=key``: the handler never returns for that key's messages (a process stuck while handling);
+- ``MAX_DELIVERIES=n``: the consumer's ``Retries.max_deliveries``.
 """
 
 from __future__ import annotations
@@ -127,8 +129,12 @@ def numbers_consumer(
     options.setdefault("retries", FAST_RETRIES)
     consumer = Consumer(name, store, broker, registry=registry(), **options)
 
+    hang_key = os.environ.get("HANG_KEY")
+
     @consumer.handler(Numbered)
     async def record(event: Numbered, ctx: HandlerContext) -> None:
+        if event.key == hang_key:
+            await asyncio.Event().wait()  # a handler stuck for good: only killing the process ends it
         failing = await ctx.tx.fetch("SELECT 1 FROM consumer_failing WHERE key = ? AND n = ?", (event.key, event.n))
         if failing:
             raise RuntimeError(f"{event.key} #{event.n} is poisoned")
@@ -252,6 +258,9 @@ async def build(store: Store, broker: Broker) -> Consumer:
         name=os.environ.get("CONSUMER_NAME", "numbers"),
         member=os.environ.get("CONSUMER_MEMBER", ""),
         shards=int(os.environ.get("CONSUMER_SHARDS", "1")),
+        retries=Retries(
+            immediate=1, delayed=2, backoff=Backoff(0.02, 0.05), max_deliveries=int(os.environ.get("MAX_DELIVERIES", "20"))
+        ),
         concurrency=4,
         batch_size=50,
         rebalance_interval=0.3,

@@ -96,7 +96,7 @@ async def count(store: Store, sql: str, params: tuple[Any, ...] = ()) -> int:
 
 async def all_acked(store: Store, group: str = "numbers") -> bool:
     """Whether the group's offset on the local log reached the last message (every delivery acked)."""
-    last = await count(store, "SELECT coalesce(max(position), 0) FROM tidings_local_log")
+    last = await count(store, "SELECT coalesce(max(position), 0) FROM tidings_local_log WHERE topic = ?", (TOPIC,))
     done = await store.fetch("SELECT position FROM tidings_local_offsets WHERE group_name = ?", (group,))
     return bool(done) and int(done[0][0]) >= last
 
@@ -429,6 +429,32 @@ async def test_with_on_dead_skip_a_dead_keys_later_messages_go_through(store: St
     # Then only bad#1 is dead and the later ones were applied
     assert [(r.status, json.loads(r.payload)["n"]) for r in await dead_letters(store)] == [("dead", 1)]
     assert await effects(store) == {"bad": [2, 3]}
+
+
+async def test_a_dead_letter_is_also_copied_to_the_dead_letter_topic_on_the_broker(store: Store) -> None:
+    # Given a consumer that copies dead letters to a topic of the broker, and a garbage message
+    await prepare(store)
+    broker = local(store)
+    bad = message("bad", 1, payload=b"\x00garbage")
+    await publish(broker, [bad])
+
+    # When it is dead-lettered
+    async with running(numbers_consumer(store, broker, dead_letter_topic="numbers.dead")) as run:
+        await run.until(lambda: all_acked(store), "it is settled")
+        await run.until(lambda: _copied(store), "the copy is on the broker")
+
+    # Then the broker holds the message as received, with who gave up on it and why
+    [(headers, payload)] = await store.fetch("SELECT headers, payload FROM tidings_local_log WHERE topic = 'numbers.dead'")
+    headers = json.loads(headers)
+    assert bytes(payload) == bad.payload
+    assert headers["tidings-event_id"] == bad.event_id
+    assert headers["tidings-dead-letter-consumer"] == "numbers"
+    assert headers["tidings-dead-letter-error"].startswith("MalformedMessage")
+    assert len(await dead_letters(store)) == 1
+
+
+async def _copied(store: Store) -> bool:
+    return await count(store, "SELECT count(*) FROM tidings_local_log WHERE topic = 'numbers.dead'") == 1
 
 
 # -- the handler's transaction --------------------------------------------------------------------
