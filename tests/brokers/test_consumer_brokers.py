@@ -304,3 +304,37 @@ async def test_the_consumer_rides_out_a_nats_restart_without_losing_or_doubling_
 
     # Then every message was applied exactly once, in order per key
     assert await effects(store) == {key: list(range(1, 21)) for key in keys}
+
+
+async def test_a_consumer_whose_group_is_deleted_on_the_server_subscribes_again_and_applies_nothing_twice(
+    nats_server: NatsServer, postgres_store_factory: StoreFactory
+) -> None:
+    # Given a consumer that applied 20 messages
+    import nats
+
+    store = await postgres_store_factory()
+    await prepare(store)
+    consumer = numbers_consumer(store, await nats_server.broker())
+    stop_event = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(consumer.run(stop_event))
+    try:
+        await subscribed(consumer, task)
+        publisher = await nats_server.broker()
+        await publish(publisher, numbered(["a", "b"], 10))
+        await settle(consumer, task, lambda: _effect_count(store, 20), "the first 20 are applied")
+
+        # When an operator deletes the group's JetStream consumer, and 20 more messages follow
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().delete_consumer("TIDINGS", consumer_name("numbers", TOPIC))
+        finally:
+            await nc.close()
+        await publish(publisher, [message(key, n) for n in range(11, 21) for key in ("a", "b")])
+        await settle(consumer, task, lambda: _effect_count(store, 40), "all 40 are applied")
+    finally:
+        stop_event.set()
+        await asyncio.wait_for(task, 30)
+
+    # Then the recreated group (which starts from the stream's beginning) applied only the new ones
+    assert await effects(store) == {"a": list(range(1, 21)), "b": list(range(1, 21))}
+    assert consumer.stats.duplicates >= 20

@@ -571,7 +571,8 @@ class Consumer:
         except BrokerUnavailable as exc:
             self._set_state("broker down", f"{exc}; retrying", logging.WARNING)
             return
-        self._set_state("consuming", f"topics {', '.join(self.topics)} as group {self._group(shard)!r}")
+        log.info("consumer %s: subscribed to %s as group %r", self.name, ", ".join(self.topics), self._group(shard))
+        self._set_state("consuming")
         task = asyncio.get_running_loop().create_task(self._read(shard, subscription))
         self._readers[shard] = (subscription, task)
 
@@ -605,13 +606,9 @@ class Consumer:
 
     async def _read(self, shard: int, subscription: Subscription) -> None:
         sharded = self.shards > 1
-        failures = 0
         while not self._stop.is_set():
             try:
                 async for delivery in subscription:
-                    if failures:
-                        failures = 0
-                        self._set_state("consuming")
                     while self._in_flight >= self.prefetch:
                         self._room.clear()
                         await self._room.wait()
@@ -620,22 +617,37 @@ class Consumer:
                         continue
                     self._in_flight += 1
                     self._accept(self._item(delivery, shard))
-                return
+                if self._stop.is_set():
+                    return
+                problem = "the subscription ended"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # The subscription ended with an error (consumer deleted on the server, connection
-                # lost for good): say so once, then subscribe again.
-                failures += 1
+                problem = f"{type(exc).__name__}: {exc}"
+            # The subscription ended on its own (consumer deleted on the server, connection lost
+            # for good): say so once, and subscribe again until it works.
+            self._set_state("broker down", f"{problem}; subscribing again", logging.WARNING)
+            subscription = await self._resubscribe(shard, subscription)
+
+    async def _resubscribe(self, shard: int, old: Subscription) -> Subscription:
+        with contextlib.suppress(Exception):
+            await old.close()
+        failures = 0
+        while not self._stop.is_set():
+            failures += 1
+            # What the old subscription held comes back after the broker's redelivery delay; wait
+            # that long, so it is not overtaken by newer messages of its keys.
+            await _sleep_or(self._stop, max(self.retries.backoff.delay(failures), self._handover_wait()))
+            try:
+                subscription = await self.broker.subscribe(self.topics, self._group(shard))
+            except Exception as exc:
                 self._set_state("broker down", f"{type(exc).__name__}: {exc}", logging.WARNING)
-                await _sleep_or(self._stop, self.retries.backoff.delay(failures))
-                with contextlib.suppress(Exception):
-                    await subscription.close()
-                try:
-                    subscription = await self.broker.subscribe(self.topics, self._group(shard))
-                    self._readers[shard] = (subscription, self._readers[shard][1])
-                except Exception as again:
-                    self._set_state("broker down", f"{type(again).__name__}: {again}", logging.WARNING)
+                continue
+            if shard in self._readers:
+                self._readers[shard] = (subscription, self._readers[shard][1])
+            self._set_state("consuming")
+            return subscription
+        return old
 
     # -- decoding ------------------------------------------------------------------------------
 
