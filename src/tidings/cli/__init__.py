@@ -178,3 +178,5 @@ from tidings.cli import scheduler as _scheduler  # noqa: E402,F401  (registers `
 from tidings.cli.consume import consume as _consume, dlq_app as _dlq_app  # noqa: E402  (tidings consume, tidings dlq …)
 app.command("consume")(_consume)
 app.add_typer(_dlq_app, name="dlq")
+from tidings.cli.trace import trace as _trace  # noqa: E402  (tidings trace CORRELATION_ID)
+app.command("trace")(_trace)
