@@ -39,20 +39,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
+from tidings.messaging.envelope import Envelope
 from tidings.store.base import Store
 
 __all__ = ["JournalBatch", "JournalReader", "JournalRow"]
 
 
-@dataclass(frozen=True, slots=True)
-class JournalRow:
-    """One journal entry of a type the reader was asked for (the others are passed over unread)."""
+class JournalRow(msgspec.Struct, array_like=True, frozen=True):
+    """One journal entry; ``envelope`` is None for the types the reader was not asked for (payload unread)."""
 
     position: int
     event_type: str
     schema_version: int
-    envelope: str
-    payload: str
+    envelope: Envelope | None
+    #: The payload's JSON, still encoded (``null`` when not asked for): only the event's reader knows its class.
+    payload: msgspec.Raw
 
 
 @dataclass(slots=True)
@@ -60,6 +63,8 @@ class JournalBatch:
     """Rows safe to apply now, and the position a checkpoint may move to after applying them."""
 
     rows: list[JournalRow] = field(default_factory=list)
+    #: The position the read started after: a checkpoint must still be here when the batch is applied.
+    after: int = 0
     #: Every position up to here is applied-or-final once ``rows`` are applied (skipped types, final holes).
     upto: int = 0
     #: A hole right after ``upto`` belongs to a transaction still in flight: read again shortly.
@@ -77,24 +82,20 @@ class _Hole:
     seen_at: float
 
 
-_SELECT = {
-    "postgresql": (
-        "SELECT position, event_type, schema_version, "
-        "CASE WHEN event_type IN ({types}) THEN envelope::text END, "
-        "CASE WHEN event_type IN ({types}) THEN payload::text END "
-        "FROM tidings_journal WHERE position > ? ORDER BY position LIMIT ?"
-    ),
-    "sqlite": (
-        "SELECT position, event_type, schema_version, "
-        "CASE WHEN event_type IN ({types}) THEN envelope END, "
-        "CASE WHEN event_type IN ({types}) THEN payload END "
-        "FROM tidings_journal WHERE position > ? ORDER BY position LIMIT ?"
-    ),
-}
-_SELECT_ALL = (
+_SQLITE_SELECT = (
     "SELECT position, event_type, schema_version, {envelope}, {payload} "
     "FROM tidings_journal WHERE position > ? ORDER BY position LIMIT ?"
 )
+# PostgreSQL: one JSON document per batch. Turning JSONB into text costs the server about the same
+# either way, but the client then decodes the whole batch, envelopes included, in one msgspec
+# pass: ~6 µs of client CPU per event instead of ~12 with one row per event.
+_POSTGRES_SELECT = (
+    "SELECT coalesce(json_agg(json_build_array(position, event_type, schema_version, {envelope}, {payload}) "
+    "ORDER BY position), '[]')::text FROM (SELECT position, event_type, schema_version, envelope, payload "
+    "FROM tidings_journal WHERE position > ? ORDER BY position LIMIT ?) AS batch"
+)
+_batch_decoder = msgspec.json.Decoder(list[JournalRow])
+_envelope_decoder = msgspec.json.Decoder(Envelope)
 # Transactions of this database holding ROW EXCLUSIVE on this schema's journal: every one that has
 # inserted (or is inserting) a journal row and has not ended. Relation OIDs repeat across
 # databases, hence the database filter.
@@ -119,15 +120,15 @@ class JournalReader:
         self.batch_size = batch_size
         self.postgres = store.dialect == "postgresql"
         if event_types is None:
-            body = ("envelope::text", "payload::text") if self.postgres else ("envelope", "payload")
-            self._select = _SELECT_ALL.format(envelope=body[0], payload=body[1])
-            self._params: tuple[str, ...] = ()
+            columns, self._params = ("envelope", "payload"), ()
         else:
             names = sorted(event_types)
             marks = ", ".join("?" * len(names)) or "NULL"
-            self._select = _SELECT[store.dialect].format(types=marks)
+            columns = tuple(f"CASE WHEN event_type IN ({marks}) THEN {c} END" for c in ("envelope", "payload"))
             # The IN list appears twice (envelope, payload): its parameters are given twice.
             self._params = (*names, *names)
+        template = _POSTGRES_SELECT if self.postgres else _SQLITE_SELECT
+        self._select = template.format(envelope=columns[0], payload=columns[1])
         #: Every missing position below this is final (rolled back): passed over without waiting.
         self._final_below = 0
         self._hole: _Hole | None = None
@@ -141,17 +142,23 @@ class JournalReader:
         """The rows after ``after`` that are safe to apply now (see the module's docstring)."""
         limit = limit or self.batch_size
         while True:
-            raw = await self.store.fetch(self._select, (*self._params, after, limit))
-            batch = JournalBatch(upto=after, more=len(raw) == limit)
-            expected = after + 1
+            raw = await self._fetch(after, limit)
+            batch = JournalBatch(after=after, upto=after, more=len(raw) == limit)
             blocked_at: int | None = None
-            for position, event_type, version, envelope, payload in raw:
-                if position != expected and self.postgres and position > self._final_below:
-                    blocked_at = position
-                    break
-                if payload is not None:
-                    batch.rows.append(JournalRow(position, event_type, version, envelope, payload))
-                batch.upto, expected = position, position + 1
+            if raw and raw[-1].position - after == len(raw):
+                # No hole (the common case): every row is the next position.
+                batch.rows = [row for row in raw if row.envelope is not None]
+                batch.upto = raw[-1].position
+            else:
+                expected = after + 1
+                for row in raw:
+                    position = row.position
+                    if position != expected and self.postgres and position > self._final_below:
+                        blocked_at = position
+                        break
+                    if row.envelope is not None:
+                        batch.rows.append(row)
+                    batch.upto, expected = position, position + 1
             if blocked_at is None:
                 return batch
             if self._hole is None or blocked_at > self._hole.bound:
@@ -169,6 +176,19 @@ class JournalReader:
             # missing below it was rolled back. Read again (a new snapshot) and pass over it.
             self._final_below = max(self._final_below, self._hole.bound)
             self._hole = None
+
+    async def _fetch(self, after: int, limit: int) -> list[JournalRow]:
+        rows = await self.store.fetch(self._select, (*self._params, after, limit))
+        if self.postgres:
+            return _batch_decoder.decode(rows[0][0])
+        return [
+            JournalRow(
+                position, event_type, version,
+                None if envelope is None else _envelope_decoder.decode(envelope),
+                msgspec.Raw(payload if payload is not None else "null"),
+            )
+            for position, event_type, version, envelope, payload in rows
+        ]
 
     async def _journal_writers(self) -> list[str]:
         return [row[0] for row in await self.store.fetch(_JOURNAL_WRITERS)]
