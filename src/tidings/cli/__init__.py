@@ -175,6 +175,8 @@ def main() -> None:
 
 
 from tidings.cli import scheduler as _scheduler  # noqa: E402,F401  (registers `tidings scheduler` and `tidings sagas`)
+from tidings.cli.projections import projections_app as _projections_app  # noqa: E402  (tidings projections …)
+app.add_typer(_projections_app, name="projections")
 from tidings.cli.consume import consume as _consume, dlq_app as _dlq_app  # noqa: E402  (tidings consume, tidings dlq …)
 app.command("consume")(_consume)
 app.add_typer(_dlq_app, name="dlq")
