@@ -1,0 +1,88 @@
+"""``python -m examples.licensing demo|serve|run-roles``: the scenario, the whole platform, or some of its roles.
+
+    demo        the self-checking scenario (``make demo``); exit 0 only if every outcome was observed
+    serve       every role in one process, the API on --host/--port (the embedded default needs nothing else)
+    run-roles   only the roles named by --roles, e.g. ``--roles relay`` in one process and
+                ``--roles consumers,projector,scheduler`` in another, on PostgreSQL and a real broker
+
+The store and broker come from ``--database``/``--broker`` or TIDINGS_DATABASE_URL/TIDINGS_BROKER_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from examples.licensing.kernel import Settings
+from examples.licensing.platform import ROLES, Platform
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m examples.licensing", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def connection(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--database", help="store URL (env TIDINGS_DATABASE_URL); sqlite:///file.db or postgresql://…")
+        sub.add_argument("--broker", help="broker URL (env TIDINGS_BROKER_URL); local:, nats://…, redis://…, amqp://…, kafka://…")
+        sub.add_argument("--schema", help="PostgreSQL schema of the platform's tables (default: the connection's)")
+
+    demo = commands.add_parser("demo", help="run the self-checking scenario")
+    demo.add_argument("--database", help="store URL; default: a fresh SQLite file per run (PostgreSQL: a fresh schema per run)")
+    demo.add_argument("--broker", help="broker URL; default local: (the store's own log)")
+    demo.add_argument("--keep", action="store_true", help="keep the SQLite file or PostgreSQL schema afterwards")
+
+    for name, roles_help in (("serve", None), ("run-roles", "comma-separated: " + ",".join(ROLES))):
+        sub = commands.add_parser(name, help="run every role in one process" if name == "serve" else "run only some roles")
+        connection(sub)
+        if roles_help:
+            sub.add_argument("--roles", required=True, help=roles_help)
+        sub.add_argument("--host", default="127.0.0.1", help="API host (role api)")
+        sub.add_argument("--port", type=int, default=8000, help="API port (role api)")
+        sub.add_argument("--shards", type=int, default=1, help="shards per consumer (processes sharing one consumer)")
+        sub.add_argument("--stall-after", type=float, default=Settings().stall_after, help="seconds before an asset's processing stalls")
+    return parser
+
+
+async def _run_roles(args: argparse.Namespace, roles: list[str]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    settings = Settings(stall_after=args.stall_after, shards=args.shards)
+    platform = Platform(args.database, args.broker, settings=settings, schema=args.schema, api_host=args.host, api_port=args.port)
+    async with platform:
+        if platform.missing:
+            for name, reason in platform.missing.items():
+                logging.getLogger("examples.licensing").error("context %s is missing: %s", name, reason)
+        logging.getLogger("examples.licensing").info(
+            "running %s on %s and %s", ", ".join(roles), platform.store.url.split("@")[-1], platform.broker_url.split("@")[-1]
+        )
+        await platform.run(roles, stop)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run it; the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from examples.licensing.scenario import main as demo
+
+        return demo(args.database, args.broker, keep=args.keep)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    roles = list(ROLES) if args.command == "serve" else [r.strip() for r in args.roles.split(",") if r.strip()]
+    try:
+        return asyncio.run(_run_roles(args, roles))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

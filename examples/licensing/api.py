@@ -1,0 +1,199 @@
+"""The platform's HTTP API: every context's router under ``/<context>``, correlation ids, and errors that teach.
+
+Every request gets a correlation id: the ``X-Correlation-ID`` header it brought, or a new UUIDv7.
+It is stored on ``request.state.correlation_id`` (the context routers pass it to their commands,
+so every event a request causes carries it) and returned in the response's ``X-Correlation-ID``
+header, on errors too. Errors map to statuses the same way in every context:
+
+    ValidationError (a command field)     422  names the field and the message type
+    request body / query does not parse   422  names the field (``body.price_cents``)
+    DomainError, ConcurrencyError         409  the invariant or the race, as the domain said it
+    AggregateNotFound                     404  which aggregate and id
+    MessageTooLarge                       413
+
+Each error body is ``{"error", "detail", "correlation_id", ...}`` with the field where there is one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tidings.domain.errors import AggregateNotFound, ConcurrencyError, DomainError, ValidationError
+from tidings.messaging.errors import MessageError, MessageTooLarge
+from tidings.messaging.ids import new_id
+
+if TYPE_CHECKING:
+    from examples.licensing.platform import Platform
+
+__all__ = ["CORRELATION_HEADER", "CorrelationIdMiddleware", "correlation_id_of", "create_app"]
+
+log = logging.getLogger("examples.licensing.api")
+
+CORRELATION_HEADER = "X-Correlation-ID"
+# What a caller may send as a correlation id: it ends up in every envelope and in logs, so keep it
+# to a printable token of sane length (a UUID, a ULID, a request id from a gateway).
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+
+
+class CorrelationIdMiddleware:
+    """ASGI middleware: keep the caller's X-Correlation-ID or make one, expose it on request.state and the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get(CORRELATION_HEADER)
+        correlation_id = given.strip() if given and given.strip() else new_id()
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if CORRELATION_HEADER.lower() not in headers:
+                    headers.append(CORRELATION_HEADER, correlation_id)
+            await send(message)
+
+        if not _CORRELATION_ID.fullmatch(correlation_id):
+            # Refused before any route runs: a malformed id must not reach an envelope.
+            response = _error(
+                422,
+                "validation_error",
+                f"{CORRELATION_HEADER} must be 1 to 128 letters, digits or ._:- characters",
+                new_id(),
+                field=f"header.{CORRELATION_HEADER}",
+            )
+            scope["state"]["correlation_id"] = response.headers[CORRELATION_HEADER]
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send_with_header)
+
+
+def correlation_id_of(request: Request) -> str:
+    """The correlation id of ``request`` (set by the middleware; a new one if the middleware did not run)."""
+    correlation_id = getattr(request.state, "correlation_id", None)
+    if not correlation_id:
+        correlation_id = request.state.correlation_id = new_id()
+    return str(correlation_id)
+
+
+def _error(status: int, error: str, detail: Any, correlation_id: str, **extra: Any) -> JSONResponse:
+    body = {"error": error, "detail": detail, **{k: v for k, v in extra.items() if v is not None}, "correlation_id": correlation_id}
+    return JSONResponse(body, status_code=status, headers={CORRELATION_HEADER: correlation_id})
+
+
+def _field_of(location: Any) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def create_app(platform: Platform) -> FastAPI:
+    """The FastAPI application of ``platform``: each context's router under ``/<context>``, health, errors."""
+    app = FastAPI(
+        title="tidings media licensing",
+        version="1.0",
+        description=(
+            "The reference platform of tidings: Asset Processing, Licensing and Compliance. "
+            f"Send {CORRELATION_HEADER} to follow one flow across contexts (`tidings trace ID`)."
+        ),
+    )
+    app.state.platform = platform
+    app.add_middleware(CorrelationIdMiddleware)
+
+    @app.exception_handler(ValidationError)
+    async def validation_error(request: Request, exc: ValidationError) -> JSONResponse:
+        return _error(
+            422,
+            "validation_error",
+            str(exc),
+            correlation_id_of(request),
+            field=exc.field,
+            message_type=exc.message_type,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": _field_of(error.get("loc", ())), "message": error.get("msg", ""), "type": error.get("type", "")}
+            for error in exc.errors()
+        ]
+        first = problems[0] if problems else {"field": "body", "message": "invalid request"}
+        detail = "; ".join(f"{p['field']}: {p['message']}" for p in problems) or "invalid request"
+        return _error(422, "validation_error", detail, correlation_id_of(request), field=first["field"], errors=problems)
+
+    @app.exception_handler(AggregateNotFound)
+    async def not_found(request: Request, exc: AggregateNotFound) -> JSONResponse:
+        return _error(
+            404,
+            "not_found",
+            str(exc),
+            correlation_id_of(request),
+            aggregate_type=exc.aggregate_type,
+            aggregate_id=exc.aggregate_id,
+        )
+
+    @app.exception_handler(ConcurrencyError)
+    async def concurrency_error(request: Request, exc: ConcurrencyError) -> JSONResponse:
+        return _error(
+            409, "conflict", str(exc), correlation_id_of(request), aggregate_type=exc.aggregate_type, aggregate_id=exc.aggregate_id
+        )
+
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        return _error(409, "domain_error", str(exc), correlation_id_of(request))
+
+    @app.exception_handler(MessageTooLarge)
+    async def too_large(request: Request, exc: MessageTooLarge) -> JSONResponse:
+        return _error(413, "message_too_large", str(exc), correlation_id_of(request))
+
+    @app.exception_handler(MessageError)
+    async def message_error(request: Request, exc: MessageError) -> JSONResponse:
+        return _error(422, "message_error", str(exc), correlation_id_of(request), field=getattr(exc, "field", None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _error(exc.status_code, "http_error", exc.detail, correlation_id_of(request))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Runs outside the correlation middleware (Starlette's outermost layer), so the header is set here.
+        correlation_id = correlation_id_of(request)
+        log.exception("unhandled error in %s %s (correlation %s)", request.method, request.url.path, correlation_id)
+        return _error(500, "internal_error", f"{type(exc).__name__}: the server failed; quote the correlation id", correlation_id)
+
+    @app.get("/health", tags=["platform"], summary="Liveness: the store answers, and which contexts and roles run")
+    async def health(request: Request) -> dict[str, Any]:
+        """The platform's health: store reachable, contexts built (and missing), roles running."""
+        try:
+            await platform.store.fetch("SELECT 1", ())
+            store = "ok"
+        except Exception as exc:  # a health check reports, it does not fail the request
+            store = f"{type(exc).__name__}: {exc}"
+        return {
+            "status": "ok" if store == "ok" and not platform.missing else "degraded",
+            "store": store,
+            "database": platform.store.url.split("@")[-1] if platform.store is not None else None,
+            "broker": platform.broker_url.split("@")[-1],
+            "contexts": sorted(platform.contexts),
+            "missing": platform.missing,
+            "running": platform.running,
+            "correlation_id": correlation_id_of(request),
+        }
+
+    for name, parts in platform.contexts.items():
+        if parts.router is not None:
+            app.include_router(parts.router(parts), prefix=f"/{name}")
+    return app
