@@ -396,6 +396,33 @@ async def _status_is(store: Store, row_id: int, status: str) -> bool:
     return row is not None and row.status == status and row.reason == "failed again when replayed"
 
 
+async def test_a_held_message_that_fails_on_release_becomes_the_new_dead_head(store: Store) -> None:
+    # Given bad#1 dead and bad#2..#4 held, where bad#3 will fail too
+    await prepare(store)
+    await store.run("INSERT INTO consumer_failing (key, n) VALUES ('bad', 1)")
+    broker = local(store)
+    await publish(broker, numbered(["bad"], 4))
+    async with running(numbers_consumer(store, broker, replay_poll=0.1)) as run:
+        await run.until(lambda: all_acked(store), "all are settled")
+        [head, *_] = await dead_letters(store)
+
+        # When bad#1 is healed and replayed, but bad#3 is now broken
+        await store.run("UPDATE consumer_failing SET n = 3")
+        await DeadLetters(store).request_replay([head.id])
+        await run.until(lambda: _has(store, "bad", 2), "bad#1 and bad#2 are applied")
+        await run.until(lambda: _statuses_are(store, ["replayed", "replayed", "dead", "held"]), "bad#3 is dead")
+
+    # Then the release stopped at bad#3, which says why, and bad#4 still waits behind it
+    assert await effects(store) == {"bad": [1, 2]}
+    rows = await DeadLetters(store).list(consumer="numbers", statuses=("dead",))
+    assert [(json.loads(r.payload)["n"], r.reason) for r in rows] == [(3, "failed when released behind its key")]
+
+
+async def _statuses_are(store: Store, expected: list[str]) -> bool:
+    rows = await DeadLetters(store).list(consumer="numbers", statuses=("dead", "held", "replay_requested", "replayed", "purged"))
+    return [r.status for r in rows] == expected
+
+
 async def test_purging_a_dead_head_lets_its_held_messages_through_in_order(store: Store) -> None:
     # Given bad#1 dead with bad#2 and bad#3 held
     await prepare(store)

@@ -296,8 +296,10 @@ class Consumer:
             raise ValueError(f"a consumer needs a name without surrounding spaces, got {name!r}")
         if on_dead not in ("park", "skip"):
             raise ValueError(f"on_dead must be 'park' or 'skip', got {on_dead!r}")
-        if concurrency < 1 or batch_size < 1:
-            raise ValueError(f"concurrency and batch_size must be at least 1, got {concurrency} and {batch_size}")
+        if concurrency < 1 or not 1 <= batch_size <= 5000:
+            raise ValueError(
+                f"concurrency must be at least 1 and batch_size between 1 and 5000, got {concurrency} and {batch_size}"
+            )
         if shards < 0:
             raise ValueError(f"shards must be 0 (no coordination between processes) or more, got {shards}")
         if inbox_retention is not None and inbox_retention.total_seconds() <= retries.window:
@@ -810,11 +812,18 @@ class Consumer:
     # -- one batch, one transaction ------------------------------------------------------------
 
     async def _run_batch(self, items: list[_Item]) -> None:
-        try:
-            if items[0].release:
+        if items[0].release:
+            try:
                 await self._release(items[0])
-                self._done_with(items)
-                return
+            except Exception as exc:
+                # Nothing is lost: the rows are still there, and the next poll queues the key again.
+                if _database_down(exc):
+                    self._database_down(exc)
+                else:
+                    log.exception("consumer %s: releasing key %r failed; trying again later", self.name, items[0].delivery.key)
+            self._done_with(items)
+            return
+        try:
             await self._apply(items)
         except _ItemFailed as failed:
             self._failed(items, failed.item, failed.error)
@@ -1137,7 +1146,8 @@ class Consumer:
         else:
             assert error is not None
             text, trace, runs = _describe(error), _format_traceback(error), 1 + self.retries.immediate
-        await self._dead_letters.fail_again(row.id, text, trace, runs)  # type: ignore[union-attr]
+        why = "failed again when replayed" if row.status == "replay_requested" else "failed when released behind its key"
+        await self._dead_letters.fail_again(row.id, text, trace, runs, why)  # type: ignore[union-attr]
         log.error("consumer %s: dead letter %d failed again when replayed: %s", self.name, row.id, text)
         return False
 

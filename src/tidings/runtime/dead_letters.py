@@ -125,12 +125,12 @@ class DeadLetters:
         )
         return changed == 1
 
-    async def fail_again(self, row_id: int, error: str, traceback: str, attempts: int) -> None:
-        """A replayed or released row failed again: it is ``dead`` again, with the new error."""
+    async def fail_again(self, row_id: int, error: str, traceback: str, attempts: int, reason: str) -> None:
+        """A replayed or released row failed: it is ``dead`` (again), with the new error and ``reason``."""
         await self.store.run(
             f"UPDATE tidings_dead_letters SET status = 'dead', error = ?, traceback = ?, attempts = attempts + ?, "
-            f"reason = 'failed again when replayed', updated_at = {self._now} WHERE id = ?",
-            (error, traceback, attempts, row_id),
+            f"reason = ?, updated_at = {self._now} WHERE id = ?",
+            (error, traceback, attempts, reason, row_id),
         )
 
     async def blocking(self, consumer: str) -> dict[str, set[str]]:
