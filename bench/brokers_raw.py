@@ -815,8 +815,10 @@ async def _start_kafka() -> tuple[Any, str]:
     brokers_dir = _REPO / "tests" / "brokers"
     if not (brokers_dir / "server_kafka.py").exists() or not (_REPO / "src" / "tidings" / "brokers" / "kafka.py").exists():
         raise SystemExit("kafka is not available: tests/brokers/server_kafka.py or src/tidings/brokers/kafka.py is missing")
-    if str(brokers_dir) not in sys.path:
-        sys.path.insert(0, str(brokers_dir))
+    # The server module imports tests/support.py, as it does under pytest.
+    for folder in (brokers_dir, brokers_dir.parent):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     import server_kafka  # type: ignore[import-not-found]
 
     directory = tempfile.mkdtemp(prefix="tidings-bench-kafka-")

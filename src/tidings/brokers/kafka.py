@@ -321,31 +321,40 @@ class KafkaBroker:
         # gathered afterwards. The producer sends one batch per partition at a time and retries it
         # with the same sequence number, so the broker keeps order and drops duplicates.
         futures: dict[int, asyncio.Future[Any]] = {}
-        for i in todo:
-            message = messages[i]
-            name = kafka_topic(message.topic)
-            count = counts[name]
-            if isinstance(count, BrokerError):
-                results[i] = count
-                continue
-            headers = [(k, v.encode()) for k, v in message.headers.items() if k not in _TRANSPORT_HEADERS]
-            if EVENT_ID_HEADER not in message.headers:
-                headers.append((EVENT_ID_HEADER, message.event_id.encode()))
-            headers += [
-                (TOPIC_HEADER, message.topic.encode()),
-                (KEY_HEADER, message.key.encode()),
-                (PARTITION_HEADER, str(message.partition).encode()),
-            ]
-            try:
-                # Cancelling send() itself (the deadline) withdraws the record, unlike cancelling its future.
-                futures[i] = await asyncio.wait_for(
-                    producer.send(
-                        name, message.payload, key=message.key.encode(), partition=message.partition % count, headers=headers
-                    ),
-                    self._remaining(deadline),
-                )
-            except (KafkaError, OSError, TimeoutError) as exc:
-                results[i] = self._failed(exc, message)
+        try:
+            # One deadline for the whole loop, not a wait_for per record: wait_for yields to the loop
+            # on every record, so the sender shipped one tiny request per record (330 rows/s);
+            # queued without yielding, a round goes out as one request per partition. A timeout
+            # cancels send() itself, which withdraws that record (unlike cancelling its future).
+            async with asyncio.timeout_at(deadline):
+                for i in todo:
+                    message = messages[i]
+                    name = kafka_topic(message.topic)
+                    count = counts[name]
+                    if isinstance(count, BrokerError):
+                        results[i] = count
+                        continue
+                    headers = [(k, v.encode()) for k, v in message.headers.items() if k not in _TRANSPORT_HEADERS]
+                    if EVENT_ID_HEADER not in message.headers:
+                        headers.append((EVENT_ID_HEADER, message.event_id.encode()))
+                    headers += [
+                        (TOPIC_HEADER, message.topic.encode()),
+                        (KEY_HEADER, message.key.encode()),
+                        (PARTITION_HEADER, str(message.partition).encode()),
+                    ]
+                    try:
+                        futures[i] = await producer.send(
+                            name, message.payload, key=message.key.encode(), partition=message.partition % count, headers=headers
+                        )
+                    except (KafkaError, OSError) as exc:
+                        results[i] = self._failed(exc, message)
+        except TimeoutError:
+            for i in todo:
+                if i not in futures and results[i] is None:
+                    results[i] = BrokerUnavailable(
+                        f"Kafka's producer did not take {messages[i].topic} message {messages[i].event_id} within "
+                        f"{self.publish_timeout:g} s (its buffer stayed full)"
+                    )
 
         if futures:
             await asyncio.wait(futures.values(), timeout=self._remaining(deadline))
