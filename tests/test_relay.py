@@ -223,3 +223,33 @@ async def test_killing_relays_mid_stream_loses_nothing_and_keeps_order(
                 relay.wait(10)
             except subprocess.TimeoutExpired:
                 relay.kill()
+
+
+async def test_relays_of_two_schemas_in_one_database_each_own_every_partition_of_their_own() -> None:
+    # Given two stores in two schemas of the same PostgreSQL database (two deployments side by side)
+    # Found by the fault harness: advisory locks are database-wide, and keyed by partition alone a
+    # relay of one schema held every partition of the other, whose outbox then never drained.
+    from support import require_service
+    from tidings.store import open_store
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    schemas = [f"t_{os.urandom(6).hex()}" for _ in range(2)]
+    stores = [await open_store(POSTGRES_URL, schema=schema, migrate=True) for schema in schemas]
+    first, second = (Relay(s, LocalBroker(s)) for s in stores)
+    try:
+        # When the first schema's relay takes its partitions, then the second schema's relay rebalances
+        assert len(await first.ownership.rebalance()) == 32
+        owned = await second.ownership.rebalance()
+
+        # Then the second owns all of its own schema's partitions too, and its outbox is published
+        assert len(owned) == 32
+        app = make_ticker_app(stores[1])
+        await app.handle(Tick(ticker_id="k"))
+        await second.drain(timeout=10)
+        assert await undelivered(stores[1]) == 0
+    finally:
+        await first.ownership.release()
+        await second.ownership.release()
+        for schema, store in zip(schemas, stores, strict=True):
+            await store.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await store.close()

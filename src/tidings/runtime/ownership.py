@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import socket
+import zlib
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,7 +18,7 @@ __all__ = ["Ownership", "ownership_for"]
 
 log = logging.getLogger("tidings.relay")
 
-#: First key of the two-int advisory lock; the second is the partition number.
+#: Mixed with the schema into the first key of the two-int advisory lock; the second is the partition number.
 _LOCK_NAMESPACE = 0x7464  # "td"
 #: A relay whose heartbeat is older than this is presumed dead and does not count in the fair share.
 _STALE_AFTER_S = 10.0
@@ -111,12 +112,18 @@ class PostgresOwnership:
         self._owned: set[int] = set()
         self._started = utc_now()
         self._listening = False
+        self._namespace = _LOCK_NAMESPACE
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             self._owned.clear()  # locks die with their connection
             self._listening = False
             self._conn = await self.store.dedicated_connection()  # type: ignore[attr-defined]
+            # Advisory locks are database-wide, but each schema is an outbox of its own: keyed
+            # by partition alone, a relay of another schema would hold our partitions and ours
+            # would never be published. The schema goes into the first key.
+            cur = await self._conn.execute("SELECT current_schema()")
+            self._namespace = lock_namespace(_LOCK_NAMESPACE, (await cur.fetchone())[0])
         return self._conn
 
     async def rebalance(self) -> frozenset[int]:
@@ -139,7 +146,7 @@ class PostgresOwnership:
         share = math.ceil(self.partitions / live)
         # Give back the highest-numbered extras first so shares converge without ping-pong.
         for partition in sorted(self._owned, reverse=True)[: max(0, len(self._owned) - share)]:
-            await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_NAMESPACE, partition))
+            await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self._namespace, partition))
             self._owned.discard(partition)
         if len(self._owned) < share:
             # Start at a relay-specific offset so relays starting together do not race for partition 0.
@@ -148,7 +155,7 @@ class PostgresOwnership:
                 partition = (start + i) % self.partitions
                 if partition in self._owned:
                     continue
-                cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_NAMESPACE, partition))
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._namespace, partition))
                 if (await cur.fetchone())[0]:
                     self._owned.add(partition)
                     if len(self._owned) >= share:
@@ -183,6 +190,12 @@ class PostgresOwnership:
                 break
         except TimeoutError:
             pass
+
+
+def lock_namespace(namespace: int, schema: str | None) -> int:
+    """The first advisory-lock key for ``namespace`` in ``schema``: a signed 32-bit int, different per schema."""
+    value = zlib.crc32(f"{namespace}\x00{schema or ''}".encode())
+    return value - 2**32 if value >= 2**31 else value
 
 
 def _csv(partitions: set[int]) -> str:
