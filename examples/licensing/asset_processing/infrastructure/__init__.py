@@ -1,1 +1,1 @@
-"""Infrastructure of this context: anti-corruption layers, projections and wiring to tidings (filled in later)."""
+"""Infrastructure of Asset Processing: its workers (consumers), the SearchIndex read model, the HTTP API, the wiring."""
