@@ -1,1 +1,1 @@
-"""Infrastructure of this context: anti-corruption layers, projections and wiring to tidings (filled in later)."""
+"""Infrastructure of Compliance: the ACL consumers, the partner-feed gateway, the alerts feed, tables, API and wiring."""
