@@ -551,6 +551,32 @@ async def test_routes_get_the_envelope_the_event_and_the_transaction(store: Stor
     assert await effects(store) == {"k": [1]}
 
 
+async def test_stopping_cancels_a_stuck_handler_after_the_shutdown_timeout_and_leaves_its_message_unacked(store: Store) -> None:
+    # Given a consumer whose handler never returns
+    await prepare(store)
+    broker = local(store)
+    await publish(broker, [message("k", 1)])
+    started = asyncio.Event()
+    consumer = Consumer("numbers", store, broker, registry=registry(), shutdown_timeout=0.3)
+
+    @consumer.handler(Numbered)
+    async def stuck(event: Numbered, ctx: HandlerContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(consumer.run(stop))
+    await asyncio.wait_for(started.wait(), 20)
+
+    # When it is told to stop
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+    # Then it stopped (the handler cancelled, its transaction rolled back) and the message waits for the next run
+    assert not await all_acked(store)
+    assert await count(store, "SELECT count(*) FROM tidings_inbox") == 0
+
+
 def test_a_handler_must_be_async() -> None:
     consumer = Consumer("numbers", registry=registry())
     with pytest.raises(TypeError, match="must be an async function"):
@@ -666,3 +692,28 @@ def test_consume_refuses_an_app_spec_that_is_not_a_consumer(tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["consume", "consumer_model:TOPIC", "--database", url, "--broker", "local:"])
     assert result.exit_code == 2
     assert "not a Consumer" in result.output
+
+
+async def test_consumers_of_one_name_in_two_schemas_each_own_their_shards() -> None:
+    # Given the same consumer in two schemas of one PostgreSQL database (two deployments side by side)
+    # Advisory locks are database-wide; keyed by consumer and shard alone (the bug the fault
+    # harness's relay finding pointed at), one schema's member held the other's shards for good.
+    from support import require_service
+    from tidings.runtime.shards import shard_ownership
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    schemas = [f"t_{os.urandom(6).hex()}" for _ in range(2)]
+    stores = [await open_store(POSTGRES_URL, schema=schema, migrate=True) for schema in schemas]
+    members = [shard_ownership(store, "numbers", f"member-{i}", 2) for i, store in enumerate(stores)]
+    try:
+        # When each takes its share
+        plans = [await member.rebalance() for member in members]
+
+        # Then each owns both shards of its own schema
+        assert [plan.owned for plan in plans] == [frozenset({0, 1})] * 2
+    finally:
+        for member in members:
+            await member.release()
+        for schema, store in zip(schemas, stores, strict=True):
+            await store.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await store.close()

@@ -193,17 +193,21 @@ class PostgresShards:
         self._conn: Any = None
         self._owned: set[int] = set()
         self._backend_pid = 0
+        self._schema = ""
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             self._owned.clear()  # locks die with their connection
             self._conn = await self.store.dedicated_connection()  # type: ignore[attr-defined]
-            cur = await self._conn.execute("SELECT pg_backend_pid()")
-            self._backend_pid = int((await cur.fetchone())[0])
+            cur = await self._conn.execute("SELECT pg_backend_pid(), current_schema()")
+            pid, schema = await cur.fetchone()
+            self._backend_pid, self._schema = int(pid), str(schema)
         return self._conn
 
     def _lock_key(self, shard: int) -> int:
-        value = zlib.crc32(f"{self.consumer}\x00{shard}".encode())
+        # Advisory locks are database-wide: without the schema, a consumer of the same name in
+        # another schema (another deployment in the same database) would hold our shards.
+        value = zlib.crc32(f"{self._schema}\x00{self.consumer}\x00{shard}".encode())
         return value - (1 << 32) if value >= (1 << 31) else value  # a signed int4
 
     async def rebalance(self) -> ShardPlan:
