@@ -290,6 +290,7 @@ class Consumer:
         replay_poll: float = 2.0,
         rebalance_interval: float = 1.0,
         dead_letter_topic: str | None = None,
+        shutdown_timeout: float = 30.0,
         member_id: str | None = None,
     ) -> None:
         if not name or name != name.strip():
@@ -331,6 +332,7 @@ class Consumer:
         self.replay_poll = replay_poll
         self.rebalance_interval = rebalance_interval
         self.dead_letter_topic = dead_letter_topic
+        self.shutdown_timeout = shutdown_timeout
         self.member_id = member_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}"
         self.stats = ConsumerStats()
         self._topics = list(topics) if topics else None
@@ -519,10 +521,7 @@ class Consumer:
         dispatcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await dispatcher
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._finish_running()
         if self._ownership is not None:
             with contextlib.suppress(Exception):
                 await self._ownership.release()
@@ -599,12 +598,21 @@ class Consumer:
                 timer.cancel()  # its message was among the dropped ones
                 del self._timers[key]
         self._room.set()
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._finish_running()
         with contextlib.suppress(Exception):
             await subscription.close()
+
+    async def _finish_running(self) -> None:
+        """Let running batches commit and ack; after ``shutdown_timeout`` cancel them (they roll back, and come again)."""
+        for tasks in (self._running, self._background):
+            if not tasks:
+                continue
+            done, late = await asyncio.wait(set(tasks), timeout=self.shutdown_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("consumer %s: %d task(s) did not finish within %g s; cancelled", self.name, len(late), self.shutdown_timeout)
+                await asyncio.gather(*late, return_exceptions=True)
 
     async def _read(self, shard: int, subscription: Subscription) -> None:
         sharded = self.shards > 1
