@@ -1,1 +1,1 @@
-"""Infrastructure of this context: anti-corruption layers, projections and wiring to tidings (filled in later)."""
+"""Infrastructure of Licensing: the ACL consumer, the usage-by-day projection, the HTTP routes and the wiring."""

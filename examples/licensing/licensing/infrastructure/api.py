@@ -1,0 +1,166 @@
+"""Licensing's HTTP endpoints: offer, purchase and report usage of licenses, read one license and usage by day.
+
+Request bodies are checked for shape by pydantic (types only); the values are checked by the
+command's own ``validate()``, so the same rules hold for HTTP, consumers and tests, and its
+ValidationError names the field. The composition root maps errors to responses (ValidationError
+→ 422, DomainError and ConcurrencyError → 409, AggregateNotFound → 404) and sets
+``request.state.correlation_id`` from the ``X-Correlation-ID`` header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import date
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request, status
+from pydantic import BaseModel
+
+from examples.licensing.licensing.domain import License, OfferLicense, PurchaseLicense, ReportUsage
+from tidings.app import Application, CommandResult
+from tidings.domain import Command
+from tidings.messaging import MessageContext
+
+if TYPE_CHECKING:
+    from examples.licensing.kernel import ContextParts
+
+__all__ = [
+    "DayUsageView",
+    "LicenseView",
+    "OfferRequest",
+    "PurchaseRequest",
+    "UsageRequest",
+    "UsageView",
+    "router",
+]
+
+
+class OfferRequest(BaseModel):
+    """Offer a searchable asset to a buyer."""
+
+    asset_id: str
+    buyer_id: str
+    price_cents: int
+    allowed_uses: int
+    currency: str = "EUR"
+
+
+class PurchaseRequest(BaseModel):
+    """Buy a license as the buyer it was offered to."""
+
+    buyer_id: str
+
+
+class UsageRequest(BaseModel):
+    """Report that the buyer used the asset ``uses`` more times."""
+
+    uses: int
+
+
+class LicenseView(BaseModel):
+    """A license as last committed."""
+
+    license_id: str
+    asset_id: str
+    buyer_id: str
+    price_cents: int
+    currency: str
+    allowed_uses: int
+    used: int
+    sold: bool
+    version: int
+
+    @classmethod
+    def of(cls, license: License) -> LicenseView:
+        """The view of ``license``."""
+        return cls(
+            license_id=license.id,
+            asset_id=license.asset_id,
+            buyer_id=license.buyer_id,
+            price_cents=license.price_cents,
+            currency=license.currency,
+            allowed_uses=license.allowed_uses,
+            used=license.used,
+            sold=license.sold,
+            version=license.version,
+        )
+
+
+class CommandView(BaseModel):
+    """What a command did: the license it changed, and the ids that trace it."""
+
+    license: LicenseView
+    command_id: str
+    correlation_id: str
+
+
+class UsageView(CommandView):
+    """A usage report's outcome; ``exceeded`` says whether the total is now past the allowance."""
+
+    exceeded: bool
+
+
+class DayUsageView(BaseModel):
+    """One UTC day of the LicenseUsageByDay read model."""
+
+    day: date
+    purchases: int
+    usage_reports: int
+    uses: int
+    violations: int
+
+
+def _context(request: Request) -> MessageContext:
+    # The composition root's middleware puts the request's correlation id here (taken from
+    # X-Correlation-ID or made up); without it the command's own id becomes the correlation.
+    return MessageContext(correlation_id=getattr(request.state, "correlation_id", None))
+
+
+async def _run(app: Application, command: Command, request: Request) -> tuple[License, CommandResult]:
+    result = await app.handle(command, context=_context(request))
+    license = result.value
+    assert isinstance(license, License), f"{type(command).__name__}'s handler returns the License it changed"
+    return license, result
+
+
+def router(parts: ContextParts) -> APIRouter:
+    """Licensing's routes on ``parts.application``, to be mounted under ``/licensing``."""
+    app = parts.application
+    usage_by_day = parts.extras["usage_by_day"]
+    api = APIRouter(tags=["licensing"])
+
+    @api.post("/licenses", status_code=status.HTTP_201_CREATED, response_model=CommandView)
+    async def offer_license(body: OfferRequest, request: Request) -> CommandView:
+        """Offer a searchable asset to a buyer; the license id is derived from asset and buyer."""
+        command = OfferLicense(**body.model_dump())
+        license, result = await _run(app, command, request)
+        return CommandView(license=LicenseView.of(license), command_id=result.command_id, correlation_id=result.correlation_id)
+
+    @api.post("/licenses/{license_id}/purchase", response_model=CommandView)
+    async def purchase_license(license_id: str, body: PurchaseRequest, request: Request) -> CommandView:
+        """Buy an offered license; a second purchase is refused (409)."""
+        license, result = await _run(app, PurchaseLicense(license_id=license_id, buyer_id=body.buyer_id), request)
+        return CommandView(license=LicenseView.of(license), command_id=result.command_id, correlation_id=result.correlation_id)
+
+    @api.post("/licenses/{license_id}/usage", response_model=UsageView)
+    async def report_usage(license_id: str, body: UsageRequest, request: Request) -> UsageView:
+        """Count uses of a purchased license; past the allowance a UsageViolationDetected is published."""
+        license, result = await _run(app, ReportUsage(license_id=license_id, uses=body.uses), request)
+        return UsageView(
+            license=LicenseView.of(license),
+            command_id=result.command_id,
+            correlation_id=result.correlation_id,
+            exceeded=license.used > license.allowed_uses,
+        )
+
+    @api.get("/licenses/{license_id}", response_model=LicenseView)
+    async def get_license(license_id: str) -> LicenseView:
+        """The license as last committed (404 for an unknown id)."""
+        return LicenseView.of(await app.load(License, license_id))
+
+    @api.get("/usage-by-day", response_model=list[DayUsageView])
+    async def get_usage_by_day(start: date | None = None, end: date | None = None) -> list[DayUsageView]:
+        """Purchases and usage per UTC day from ``start`` to ``end`` (inclusive), oldest first."""
+        return [DayUsageView(**asdict(day)) for day in await usage_by_day(start, end)]
+
+    return api
