@@ -427,6 +427,14 @@ class Projector:
                 await self._fail(run, row, single.cause if isinstance(single, _EventFailed) else single)
         if batch.upto > run.position:
             await self._apply(run, JournalBatch([], after=run.position, upto=batch.upto))
+        if not isinstance(exc, _EventFailed):
+            # Every event applied on its own, so the failure came from sending them together:
+            # nothing is lost, but batching is not doing its job here — say so loudly.
+            log.warning(
+                "projection %s: a batch of %d events failed (%s: %s) but each applied on its own; "
+                "the batched statements may not suit this handler's SQL",
+                run.projection.name, len(batch.rows), type(exc).__name__, exc,
+            )
         return True
 
     async def _fail(self, run: _Run, row: JournalRow, cause: BaseException) -> None:
