@@ -41,7 +41,7 @@ from examples.licensing.compliance.infrastructure.consumers import LICENSING_EVE
 from examples.licensing.compliance.infrastructure.gateway import submit_partner_batch
 from examples.licensing.compliance.infrastructure.tables import partner_reports
 from examples.licensing.compliance.infrastructure.wiring import build
-from examples.licensing.contracts import LicensePurchaseConfirmed, UsageViolationDetected
+from examples.licensing.contracts import LicensePurchaseConfirmed, LicensePurchaseConfirmedV1, UsageViolationDetected
 from examples.licensing.kernel import ContextParts, Settings
 from tidings.app.outgoing import outbox_entry
 from tidings.brokers import Broker, open_broker
@@ -214,6 +214,26 @@ async def test_every_violation_of_one_license_lands_in_its_one_investigation_and
     assert (alice.infringements, alice.used) == (2, 6)
     assert (bob.infringements, bob.used, bob.allowed) == (1, 9, 5)
     assert consumer.stats.duplicates == 1
+
+
+async def test_a_v1_purchase_is_upcast_and_teaches_compliance_the_license(
+    store: Store, broker: Broker, parts: ContextParts
+) -> None:
+    # Given Licensing once published a purchase as v1 (before currencies)
+    old = LicensePurchaseConfirmedV1(license_id="lic-old", asset_id="asset-old", buyer_id="olga", price_cents=900)
+    await publish_contracts(store, broker, old)
+    licensing = consumer_of(parts, LICENSING_EVENTS_CONSUMER)
+    async with running(licensing) as task:
+        await until(lambda: all_acked(store, licensing.name, old.topic), task, "the v1 purchase was applied")
+    assert licensing.stats.applied == 1
+    # When Olga's partner reports her usage past the allowance
+    await submit_partner_batch(broker, [report("OLD-1", "lic-old", client="olga")], partner="acme")
+    feed = consumer_of(parts, PARTNER_FEED_CONSUMER)
+    async with running(feed) as task:
+        await until(lambda: all_acked(store, feed.name, PARTNER_FEED_TOPIC), task, "the report was applied")
+    # Then the license was known, with its asset, and its investigation is open
+    investigation = await parts.application.load(Investigation, investigation_id_for("lic-old"))
+    assert (investigation.asset_id, investigation.buyer_id) == ("asset-old", "olga")
 
 
 # -- ACL 2: the legacy partner feed ----------------------------------------------------------------

@@ -36,14 +36,14 @@ from examples.licensing.compliance.infrastructure.tables import (
 )
 from examples.licensing.contracts import (
     LICENSE_PURCHASE_CONFIRMED_TOPIC,
+    UPCASTERS,
     USAGE_VIOLATION_DETECTED_TOPIC,
     LicensePurchaseConfirmed,
     UsageViolationDetected,
-    contract_registry,
 )
 from examples.licensing.kernel import Settings
 from tidings.app import Application
-from tidings.messaging import Envelope, MalformedMessage, MessageContext
+from tidings.messaging import Envelope, IntegrationEvent, MalformedMessage, MessageContext, MessageRegistry
 from tidings.runtime import Consumer, HandlerContext, Retries
 from tidings.runtime.backoff import Backoff
 from tidings.store import Store
@@ -82,14 +82,25 @@ def _retries(settings: Settings) -> Retries:
     )
 
 
+def _registry_of(*contracts: type[IntegrationEvent]) -> MessageRegistry:
+    # Only the contracts handled, with the upcasters of their old versions (a v1 purchase is read
+    # as v2): a stray type on these topics is then dead-lettered as unknown, not acked unread.
+    registry = MessageRegistry()
+    registry.register(*contracts)
+    names = {contract.message_name for contract in contracts}
+    for (name, from_version), upcaster in UPCASTERS.items():
+        if name in names:
+            registry.upcaster(name, from_version)(upcaster)
+    return registry
+
+
 def licensing_events_consumer(app: Application, settings: Settings, store: Store | None = None) -> ComplianceConsumer:
     """The consumer of Licensing's violations and purchases (ACL 1), applying them to ``app``."""
     consumer = ComplianceConsumer(
         LICENSING_EVENTS_CONSUMER,
         store,
         topics=[USAGE_VIOLATION_DETECTED_TOPIC, LICENSE_PURCHASE_CONFIRMED_TOPIC],
-        # Every version of every contract, upcasters included (a v1 purchase is read as v2).
-        registry=contract_registry(),
+        registry=_registry_of(UsageViolationDetected, LicensePurchaseConfirmed),
         retries=_retries(settings),
         shards=settings.shards,
     )
