@@ -35,6 +35,8 @@ class Handling:
     applied: bool
     reason: str = ""
     status: str = ""
+    #: The last line of the error that dead-lettered it (the exception and its message).
+    error: str = ""
 
 
 @dataclass(slots=True)
@@ -135,19 +137,20 @@ async def collect_trace(store: Store, correlation_id: str) -> Trace:
     # Dead letters keep the envelope as text (when the headers formed one): match the id in the
     # text, then check the decoded field, so a look-alike substring cannot slip in.
     dead_rows = await store.fetch(
-        "SELECT consumer, event_id, event_type, envelope, reason, status FROM tidings_dead_letters "
+        "SELECT consumer, event_id, event_type, envelope, reason, status, error FROM tidings_dead_letters "
         "WHERE envelope LIKE ? ORDER BY id",
         (f"%{correlation_id}%",),
     )
     dead: dict[tuple[str, str], Handling] = {}
-    for consumer, event_id, event_type, raw, reason, status in dead_rows:
+    for consumer, event_id, event_type, raw, reason, status, error in dead_rows:
         try:
             envelope = _decode(raw)
         except msgspec.DecodeError:
             continue
         if envelope.get("correlation_id") != correlation_id:
             continue
-        handling = Handling(consumer, applied=False, reason=reason, status=status)
+        last_line = (error or "").strip().splitlines()[-1:] or [""]
+        handling = Handling(consumer, applied=False, reason=reason, status=status, error=last_line[0])
         dead[(consumer, event_id)] = handling
         node = trace.nodes.get(event_id)
         if node is None:
@@ -189,7 +192,7 @@ def trace_tree(trace: Trace) -> Tree:
         for node in nodes:
             _grow(branch, node)
     for event_id, event_type, handling in trace.orphans:
-        tree.add(f"[red]✗ {event_type}[/red] …{event_id[-8:]} dead-lettered by {handling.consumer}: {handling.reason}")
+        tree.add(f"[red]✗ {event_type}[/red] …{event_id[-8:]} dead-lettered by {handling.consumer}: {_why(handling)}")
     if trace.sagas:
         sagas = tree.add("[bold]sagas[/bold]")
         for saga_type, key, state in trace.sagas:
@@ -207,9 +210,15 @@ def _grow(parent: Tree, node: TraceNode) -> None:
         if handling.applied:
             branch.add(f"[green]✓[/green] applied by {handling.consumer}")
         else:
-            branch.add(f"[red]✗ dead-lettered by {handling.consumer}[/red] ({handling.status}): {handling.reason}")
+            branch.add(f"[red]✗ dead-lettered by {handling.consumer}[/red] ({handling.status}): {_why(handling)}")
     for child in node.children:
         _grow(branch, child)
+
+
+def _why(handling: Handling) -> str:
+    if handling.error and handling.error not in handling.reason:
+        return f"{handling.reason} — {handling.error}"
+    return handling.reason
 
 
 def _aggregate(envelope: dict[str, Any]) -> str:
