@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m examples.story $(ARGS)
+	$(PY) -m examples.licensing demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
