@@ -166,3 +166,60 @@ async def test_the_openapi_document_lists_every_contexts_endpoints(client: httpx
     for name in platform.contexts:
         assert any(path.startswith(f"/{name}/") for path in paths), f"no endpoint of {name} in {sorted(paths)}"
     assert "post" in paths["/licensing/licenses/{license_id}/purchase"]
+
+
+async def test_garbage_through_the_partner_feed_is_dead_lettered_with_reasons_and_nothing_accepted_is_lost(
+    client: httpx.AsyncClient, platform: Platform
+) -> None:
+    license_id = await offered_license(client, platform)
+    assert (await client.post(f"/licensing/licenses/{license_id}/purchase", json={"buyer_id": BUYER})).status_code == 200
+    await platform.start(("relay", "consumers"))
+
+    async def compliance_knows_the_license() -> bool:
+        rows = await platform.store.fetch("SELECT count(*) FROM tidings_inbox WHERE consumer = 'compliance.licensing-events'")
+        return int(rows[0][0]) == 1
+
+    assert await platform.settle(compliance_knows_the_license, timeout=20)
+    good = {"license": license_id, "client": BUYER, "period_end": "31/12/2024", "units_licensed": "2"}
+    lines = [
+        '{"report_id": "R-1", "license": "%s", "client": "%s", "units_used": "3", "units_licensed": "2", "period_end": "31/12/2024"}'
+        % (license_id, BUYER),
+        '{"report_id": "R-1", "license": "%s", "client": "%s", "units_used": "3", "units_licensed": "2", "period_end": "31/12/2024"}'
+        % (license_id, BUYER),  # the same report again
+        '{"report_id": "R-2", "units_used": "-1", ' + ", ".join(f'"{k}": "{v}"' for k, v in good.items()) + "}",
+        '{"report_id": "R-3", "license": "%s", "units_used": "1", "units_licensed": "2", "period_end": "31/12/2024"}' % license_id,
+        "{not json",
+        '["an", "array"]',
+    ]
+    response = await client.post(
+        "/compliance/partner-feed",
+        params={"partner": "acme"},
+        content="\n".join(lines).encode(),
+        headers={"Content-Type": "application/x-ndjson", CORRELATION_HEADER: "partner-batch-1"},
+    )
+    assert response.status_code == 202, response.text
+    receipt = response.json()
+    assert receipt["accepted"] == 6 and receipt["distinct"] == 5
+    assert response.headers[CORRELATION_HEADER] == "partner-batch-1"
+
+    partner_reports = platform.extra("compliance")["partner_reports"]
+
+    async def dead_letters() -> list[tuple[str, str]]:
+        rows = await platform.store.fetch(
+            "SELECT reason, error FROM tidings_dead_letters WHERE consumer = 'compliance.partner-feed' ORDER BY id"
+        )
+        return [(str(reason), str(error)) for reason, error in rows]
+
+    async def settled() -> bool:
+        return len(await partner_reports(partner="acme")) + len(await dead_letters()) >= receipt["distinct"]
+
+    assert await platform.settle(settled, timeout=30)
+    applied = await partner_reports(partner="acme")
+    dead = await dead_letters()
+    assert len(applied) + len(dead) == receipt["distinct"]  # nothing accepted is lost
+    assert [report.report_id for report in applied] == ["R-1"]  # the copy was applied once
+    assert len(dead) == 4
+    errors = "\n".join(error for _, error in dead)
+    assert all(reason for reason, _ in dead)
+    for named in ("units_used", "client", "JSON"):
+        assert named in errors, f"no dead letter names {named!r}:\n{errors}"
