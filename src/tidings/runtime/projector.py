@@ -158,9 +158,9 @@ class Projector:
 
     # -- setup ---------------------------------------------------------------------------------
 
-    async def prepare(self) -> None:
-        """Create each projection's live tables, checkpoint and bookkeeping row if missing (idempotent)."""
-        for projection in self.projections.values():
+    async def prepare(self, name: str | None = None) -> None:
+        """Create the live tables, checkpoint and bookkeeping row of one projection (or all) if missing; idempotent."""
+        for projection in [self[name]] if name is not None else self.projections.values():
             if projection.name not in self._prepared:
                 await _prepare(self.store, projection)
                 self._prepared.add(projection.name)
@@ -168,7 +168,7 @@ class Projector:
     async def _live(self, name: str) -> _Run:
         run = self._runs.get(name)
         if run is None:
-            await self.prepare()
+            await self.prepare(name)
             projection = self[name]
             reader = JournalReader(self.store, event_types=projection.event_types, batch_size=self.batch_size)
             run = self._runs[name] = _Run(projection, "live", reader, await _read_checkpoint(self.store, name, "live"))
@@ -468,7 +468,7 @@ class Projector:
         built. The live projection may keep running meanwhile (here or in another process).
         """
         projection = self[name]
-        await self.prepare()
+        await self.prepare(name)
         started = time.monotonic()
         token = new_id()
         await _start_rebuild(self.store, projection, token)
@@ -512,14 +512,13 @@ class Projector:
                 "SELECT fingerprint, rebuild_token, last_error FROM tidings_projections WHERE name = ?", (name,)
             )
             tables = tuple(projection.tables)
-            if not rows:
-                out.append(ProjectionStatus(name, 0, head, head, 0.0, "not installed", tables))
-                continue
-            fingerprint, rebuild_token, last_error = rows[0]
+            fingerprint, rebuild_token, last_error = rows[0] if rows else (None, None, None)
             position = await _read_checkpoint(self.store, name, "live")
             first = await first_after(self.store, position)
             lag_seconds = max(0.0, (now - first[1]).total_seconds()) if first is not None else 0.0
-            if last_error:
+            if not rows:
+                state = "not installed"
+            elif last_error:
                 state = "failed"
             elif rebuild_token:
                 rebuilt = await _read_checkpoint(self.store, name, "rebuild")
