@@ -253,3 +253,47 @@ async def test_relays_of_two_schemas_in_one_database_each_own_every_partition_of
         for schema, store in zip(schemas, stores, strict=True):
             await store.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             await store.close()
+
+
+async def test_commits_notify_only_while_a_relay_waits(postgres_store_factory: StoreFactory) -> None:
+    # NOTIFY serialises commits database-wide (migration 0006), so only an idle relay may ask for it.
+    store = await postgres_store_factory()
+    app = make_ticker_app(store)
+    listener = await store.dedicated_connection()  # type: ignore[attr-defined]
+    relay = Relay(store, LocalBroker(store), idle_wait=30.0, rebalance_interval=30.0)
+    stop = asyncio.Event()
+    try:
+        await listener.execute("LISTEN tidings_outbox")
+
+        async def notifications(within: float) -> int:
+            got = 0
+            try:
+                async for _ in listener.notifies(timeout=within):
+                    got += 1
+            except TimeoutError:
+                pass
+            return got
+
+        # Given no relay running: commits send no notification
+        await app.handle(Tick(ticker_id="quiet"))
+        assert await notifications(0.3) == 0
+
+        # When a relay has drained the outbox and waits
+        task = asyncio.create_task(relay.run(stop))
+        deadline = time.monotonic() + 10
+        while not await store.fetch("SELECT 1 FROM tidings_relays WHERE waiting") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await undelivered(store) == 0
+
+        # Then the next commit notifies and wakes it long before its 30 s poll
+        await app.handle(Tick(ticker_id="loud"))
+        assert await notifications(2.0) >= 1
+        deadline = time.monotonic() + 5
+        while await undelivered(store) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await delivered_ticks(store) == {"quiet": [1], "loud": [1]}
+        stop.set()
+        await task
+    finally:
+        stop.set()
+        await listener.close()

@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import zlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,8 +38,12 @@ class Ownership(Protocol):
         """Give every partition back (on shutdown)."""
         ...
 
-    async def wait_for_outbox(self, timeout: float) -> None:
-        """Return when new outbox rows may have been committed, or after ``timeout`` seconds."""
+    async def wait_for_outbox(self, timeout: float, ready: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Return when new outbox rows may have been committed, or after ``timeout`` seconds.
+
+        ``ready`` re-checks the outbox once the relay has announced that it waits: a commit that
+        came just before the announcement is found by it instead of being waited out.
+        """
         ...
 
 
@@ -85,8 +90,9 @@ class SqliteOwnership:
                 log.info("relay %s: took over %s", self.relay_id, self.store.url)
         return self.partitions
 
-    async def wait_for_outbox(self, timeout: float) -> None:
-        # Wakes at once for commits of this process; other processes' commits are found by polling.
+    async def wait_for_outbox(self, timeout: float, ready: Callable[[], Awaitable[bool]] | None = None) -> None:
+        # Wakes at once for commits of this process (the signal stays set until waited on, so
+        # none is lost); other processes' commits are found by polling.
         await self.store.wait_for_outbox(timeout)  # type: ignore[attr-defined]
 
     async def release(self) -> None:
@@ -177,19 +183,32 @@ class PostgresOwnership:
                 await self._conn.close()
         self._owned.clear()
 
-    async def wait_for_outbox(self, timeout: float) -> None:
-        """Sleep until a commit wrote outbox rows (LISTEN/NOTIFY) or ``timeout`` passes."""
+    async def wait_for_outbox(self, timeout: float, ready: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Sleep until a commit wrote outbox rows (LISTEN/NOTIFY) or ``timeout`` passes.
+
+        Commits notify only while some relay is marked waiting (migration 0006: a notification
+        per commit serialised all commits). So: listen, mark ourselves waiting, re-check the
+        outbox with ``ready``, and only then sleep. A commit whose trigger ran before the mark and
+        that committed after the re-check is the one case left to the ``timeout`` poll.
+        """
         conn = await self._connection()
         if not self._listening:
             await conn.execute("LISTEN tidings_outbox")
             self._listening = True
-        # psycopg keeps notifications that arrive while this connection runs other statements
-        # (rebalancing) and yields them first, so a commit during a rebalance is not missed.
+        await conn.execute("UPDATE tidings_relays SET waiting = true WHERE relay_id = %s", (self.relay_id,))
         try:
-            async for _ in conn.notifies(timeout=timeout, stop_after=1):
-                break
-        except TimeoutError:
-            pass
+            if ready is not None and await ready():
+                return
+            # psycopg keeps notifications that arrive while this connection runs other statements
+            # (rebalancing) and yields them first, so a commit during a rebalance is not missed.
+            try:
+                async for _ in conn.notifies(timeout=timeout, stop_after=1):
+                    break
+            except TimeoutError:
+                pass
+        finally:
+            if not conn.closed:
+                await conn.execute("UPDATE tidings_relays SET waiting = false WHERE relay_id = %s", (self.relay_id,))
 
 
 def lock_namespace(namespace: int, schema: str | None) -> int:

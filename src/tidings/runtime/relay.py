@@ -310,13 +310,20 @@ class Relay:
 
     async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
         """Wait for a commit that wrote outbox rows, for ``stop``, or for ``seconds``, whichever is first."""
-        waiters = {asyncio.ensure_future(self.ownership.wait_for_outbox(seconds)), asyncio.ensure_future(stop.wait())}
+        waiters = {
+            asyncio.ensure_future(self.ownership.wait_for_outbox(seconds, self._ready)),
+            asyncio.ensure_future(stop.wait()),
+        }
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _ready(self) -> bool:
+        """Whether a row of the owned partitions is ready to publish now."""
+        return bool(self.owned) and bool(await self.outbox.claim(sorted(self.owned), 1))
 
     def _set_state(self, state: str, detail: str = "", level: int = logging.INFO) -> None:
         # State changes are logged once each, never per row.
