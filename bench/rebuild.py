@@ -14,7 +14,7 @@ catch up.
 table, read the same batches (PostgreSQL: the batch as one `json_agg` document, decoded in one
 msgspec pass into just the two envelope fields it needs; the next batch read on a second
 connection while the last is written), the same upserts — PostgreSQL: one
-`INSERT … SELECT … FROM json_array_elements(rows) ON CONFLICT` per wave of distinct keys (the
+`INSERT … SELECT … FROM jsonb_array_elements(rows) ON CONFLICT` per wave of distinct keys (the
 best batching measured: psycopg's executemany costs ~25 µs of client CPU per row here, binary
 unnest arrays ~3.5, one JSON parameter ~0.8), SQLite: executemany — plus the checkpoint row, one
 transaction per batch, and the rename at the end.
@@ -249,14 +249,14 @@ def _waves(rows: list[Any]) -> list[list[Any]]:
 _PG_UPSERT = {
     "offered": (
         "INSERT INTO {t} (license_id, buyer_id, allowance, reports, units, used_total, updated_at) "
-        "SELECT r->>0, r->>1, (r->>2)::integer, 0, 0, 0, (r->>3)::timestamptz FROM json_array_elements(%s::json) AS r "
+        "SELECT r->>0, r->>1, (r->>2)::integer, 0, 0, 0, (r->>3)::timestamptz FROM jsonb_array_elements(%s::jsonb) AS r "
         "ON CONFLICT (license_id) DO UPDATE SET buyer_id = excluded.buyer_id, allowance = excluded.allowance, "
         "updated_at = excluded.updated_at"
     ),
     "used": (
         "INSERT INTO {t} (license_id, reports, units, used_total, last_channel, updated_at) "
         "SELECT r->>0, 1, (r->>1)::bigint, (r->>2)::bigint, r->>3, (r->>4)::timestamptz "
-        "FROM json_array_elements(%s::json) AS r ON CONFLICT (license_id) DO UPDATE SET reports = {t}.reports + 1, "
+        "FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (license_id) DO UPDATE SET reports = {t}.reports + 1, "
         "units = {t}.units + excluded.units, used_total = excluded.used_total, last_channel = excluded.last_channel, "
         "updated_at = excluded.updated_at"
     ),
@@ -465,7 +465,7 @@ async def _measure(args: argparse.Namespace, progress: Progress, setup: _Setup) 
         ),
         "raw_does": (
             "psycopg: json_agg batch reads (next one prefetched), msgspec decode, INSERT … SELECT FROM "
-            "json_array_elements ON CONFLICT per wave, checkpoint, rename"
+            "jsonb_array_elements ON CONFLICT per wave, checkpoint, rename"
             if args.store == "postgresql"
             else "sqlite3: same reads, msgspec decode, executemany upserts, checkpoint, rename"
         ),

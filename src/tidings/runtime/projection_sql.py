@@ -6,7 +6,7 @@ statements is sent together:
 
 - SQLite: ``executemany`` — a C loop on the same connection, exact same semantics.
 - PostgreSQL: an ``INSERT INTO t (cols) VALUES (?, …) [ON CONFLICT …]`` run becomes one
-  ``INSERT … SELECT (r->>0)::type, … FROM json_array_elements(?::json) r`` per *wave*, all rows
+  ``INSERT … SELECT (r->>0)::type, … FROM jsonb_array_elements(?::jsonb) r`` per *wave*, all rows
   in one JSON parameter (~0.8 µs of client CPU per row, against ~3.5 for binary arrays and ~25
   for psycopg's executemany, measured here): PostgreSQL refuses to let one
   statement's ``ON CONFLICT DO UPDATE`` touch a row twice, so the n-th write of each conflict key
@@ -274,4 +274,4 @@ def _json_rows_sql(plan: BatchedInsert, casts: tuple[str, ...]) -> str:
         else:
             select.append(f"(r->>{index})::{casts[index]}")
     rest = f" {plan.rest}" if plan.rest else ""
-    return f"INSERT INTO {plan.table} ({', '.join(plan.columns)}) SELECT {', '.join(select)} FROM json_array_elements(?::json) AS r{rest}"
+    return f"INSERT INTO {plan.table} ({', '.join(plan.columns)}) SELECT {', '.join(select)} FROM jsonb_array_elements(?::jsonb) AS r{rest}"
