@@ -337,6 +337,8 @@ class Consumer:
         self.stats = ConsumerStats()
         self._topics = list(topics) if topics else None
         self._routes: dict[str, list[_Route]] = {}
+        self._default_topics: set[str] = set()
+        self._class_names: set[str] = set()
         self._any: list[_Route] = []
         self._state = "starting"
         self._reset_runtime()
@@ -370,16 +372,23 @@ class Consumer:
         elif isinstance(target, type) and issubclass(target, Message):
             self.registry.register(target)
             name = target.message_name
+            # A contract that names its topic is read from there, as the producer publishes it.
+            self._default_topics.add(getattr(target, "topic", None) or name)
+            self._class_names.add(name)
         else:
             raise TypeError(f"route a message class, a message name or ANY, not {target!r}")
         self._routes.setdefault(name, []).append(route)
 
     @property
     def topics(self) -> list[str]:
-        """The topics this consumer subscribes to: as given, or the names of the messages it handles."""
+        """The topics this consumer subscribes to: as given, or those of the messages it handles.
+
+        A message class's topic is its ``topic`` attribute when it has one (as the unit of work
+        publishes it), else its message name; a route by name subscribes to that name.
+        """
         if self._topics:
             return self._topics
-        return sorted(self._routes)
+        return sorted(self._default_topics | {name for name in self._routes if name not in self._class_names})
 
     @property
     def in_flight(self) -> int:

@@ -235,7 +235,7 @@ class Saga:
         self._effects.commands.append((command, context))
 
     def publish(self, event: IntegrationEvent, *, topic: str | None = None) -> None:
-        """Publish ``event`` (on ``topic``, default its message name) through the outbox."""
+        """Publish ``event`` (on ``topic``, default its contract's ``topic`` attribute, else its message name) through the outbox."""
         if not isinstance(event, IntegrationEvent):
             raise TypeError(f"publish takes an IntegrationEvent, got {type(event).__name__}")
         self._effects.events.append((event, topic))
@@ -913,7 +913,7 @@ class SagaRunner:
             topic = command_topic(target)
         # The saga's key partitions what it sends: one instance's commands and events stay in order.
         _, entry = outbox_entry(
-            message, topic=topic or message.message_name, key=instance.key, source=source, cause=envelope,
+            message, topic=topic or getattr(type(message), "topic", None) or message.message_name, key=instance.key, source=source, cause=envelope,
             partitions=self.partitions, max_message_bytes=self.max_message_bytes, now=now,
         )  # fmt: skip
         return entry
