@@ -717,3 +717,26 @@ async def test_consumers_of_one_name_in_two_schemas_each_own_their_shards() -> N
         for schema, store in zip(schemas, stores, strict=True):
             await store.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             await store.close()
+
+
+async def test_an_oversized_message_is_dead_lettered_unread_with_the_reason(store: Store) -> None:
+    # Given a message over the consumer's 256 KiB limit (that a broker with a larger limit carried) and a good one
+    # Found by the fault harness's poison scenario: the consumer applied an oversized message as if it were fine.
+    await prepare(store)
+    broker = LocalBroker(store, max_message_bytes=1024 * 1024)
+    big = message("big", 1, payload=msgspec.json.encode({"key": "big", "n": 1, "note": "x" * (300 * 1024)}))
+    await publish(broker, [big, message("good", 1)])
+    runs: list[str] = []
+    consumer = numbers_consumer(store, broker)
+    consumer.route(Numbered, _counting(runs))
+
+    # When the consumer has settled both
+    async with running(consumer) as run:
+        await run.until(lambda: all_acked(store), "both are acked")
+
+    # Then the oversized one is dead at once with the reason, and no handler ran for it
+    [dead] = await dead_letters(store)
+    assert (dead.status, dead.reason, dead.attempts) == ("dead", "not retryable", 0)
+    assert dead.error.startswith("MessageTooLarge: test.Numbered encodes to "), dead.error
+    assert runs == ["good"]
+    assert await effects(store) == {"good": [1]}

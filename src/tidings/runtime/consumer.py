@@ -36,7 +36,7 @@ backoff and jitter (``Retries.delayed``) while the message stays held, un-acked,
 then it is dead-lettered: the message, its error and traceback go to ``tidings_dead_letters`` with
 its inbox row, in one transaction, and it is acked. Errors no retry can fix go there at once:
 undecodable headers or payload, an unknown type, a version this code cannot read, failed validation,
-a wrong tenant. With ``on_dead="park"`` (the default) the later messages of a dead message's key are
+a wrong tenant, a payload over ``max_message_bytes``. With ``on_dead="park"`` (the default) the later messages of a dead message's key are
 stored as ``held`` behind it, so the key's order survives; ``"skip"`` lets them through. Other keys
 keep flowing either way. ``tidings dlq replay ID`` asks the running consumer to apply a dead
 message again (once: the status change commits with the effects), and then it releases the key's
@@ -67,7 +67,7 @@ from tidings.brokers.headers import headers_to_envelope
 from tidings.domain.errors import TidingsError, ValidationError
 from tidings.domain.messages import Message
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
-from tidings.messaging.errors import MalformedMessage, MessageError, UnknownMessageType
+from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooLarge, UnknownMessageType
 from tidings.messaging.ids import new_id
 from tidings.messaging.registry import MessageRegistry
 from tidings.runtime.backoff import Backoff
@@ -292,6 +292,7 @@ class Consumer:
         dead_letter_topic: str | None = None,
         shutdown_timeout: float = 30.0,
         member_id: str | None = None,
+        max_message_bytes: int | None = 256 * 1024,
     ) -> None:
         if not name or name != name.strip():
             raise ValueError(f"a consumer needs a name without surrounding spaces, got {name!r}")
@@ -332,6 +333,9 @@ class Consumer:
         self.replay_poll = replay_poll
         self.rebalance_interval = rebalance_interval
         self.dead_letter_topic = dead_letter_topic
+        # The Application refuses to write payloads over 256 KiB; one that arrives anyway was not
+        # written by a tidings producer with the same limit, and is quarantined unread (None: no limit).
+        self.max_message_bytes = max_message_bytes
         self.shutdown_timeout = shutdown_timeout
         self.member_id = member_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}"
         self.stats = ConsumerStats()
@@ -695,6 +699,9 @@ class Consumer:
             return item
         if self.tenant is not None and envelope.tenant != self.tenant:
             self._condemn(item, WrongTenant(self.name, self.tenant, envelope.tenant))
+            return item
+        if self.max_message_bytes is not None and len(delivery.payload) > self.max_message_bytes:
+            self._condemn(item, MessageTooLarge(envelope.event_type, len(delivery.payload), self.max_message_bytes))
             return item
         self._decode(item, envelope, delivery.payload)
         return item
