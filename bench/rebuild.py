@@ -11,9 +11,8 @@ handlers, write the batch's upserts and the checkpoint in one transaction, swap 
 catch up.
 
 `raw`: the same work hand-written with the same driver, as fast as we could make it: create the
-table, read the same batches (PostgreSQL: the batch as one `json_agg` document, decoded in one
-msgspec pass into just the two envelope fields it needs; the next batch read on a second
-connection while the last is written), the same upserts — PostgreSQL: one
+table, read the same batches (decoding just the two envelope fields it needs; PostgreSQL: the
+next batch read on a second connection while the last is written), the same upserts — PostgreSQL: one
 `INSERT … SELECT … FROM jsonb_array_elements(rows) ON CONFLICT` per wave of distinct keys (the
 best batching measured: psycopg's executemany costs ~25 µs of client CPU per row here, binary
 unnest arrays ~3.5, one JSON parameter ~0.8), SQLite: executemany — plus the checkpoint row, one
@@ -185,30 +184,17 @@ class _EnvelopeFields(msgspec.Struct):
     occurred_at: datetime
 
 
-class _RawRow(msgspec.Struct, array_like=True):
-    position: int
-    event_type: str
-    schema_version: int
-    envelope: _EnvelopeFields | None
-    payload: msgspec.Raw
-
-
 _envelope_fields = msgspec.json.Decoder(_EnvelopeFields)
-_raw_batch = msgspec.json.Decoder(list[_RawRow])
 _offered = msgspec.json.Decoder(LicenseOffered)
 _used = msgspec.json.Decoder(UsageReported)
 _RAW_TYPES = (LicenseOffered.message_name, UsageReported.message_name)
-_SQLITE_SELECT = (
-    "SELECT position, event_type, schema_version, CASE WHEN event_type IN (?, ?) THEN envelope END, "
-    "CASE WHEN event_type IN (?, ?) THEN payload END FROM tidings_journal WHERE position > ? ORDER BY position LIMIT ?"
+_SELECT = (
+    "SELECT position, event_type, schema_version, CASE WHEN event_type IN ({m}, {m}) THEN envelope{cast} END, "
+    "CASE WHEN event_type IN ({m}, {m}) THEN payload{cast} END FROM tidings_journal WHERE position > {m} "
+    "ORDER BY position LIMIT {m}"
 )
-# The whole batch as one JSON document, decoded in one msgspec pass (the same read as ours).
-_POSTGRES_SELECT = (
-    "SELECT coalesce(json_agg(json_build_array(position, event_type, schema_version, "
-    "CASE WHEN event_type IN (%s, %s) THEN envelope END, CASE WHEN event_type IN (%s, %s) THEN payload END) "
-    "ORDER BY position), '[]')::text FROM (SELECT position, event_type, schema_version, envelope, payload "
-    "FROM tidings_journal WHERE position > %s ORDER BY position LIMIT %s) AS batch"
-)
+_SQLITE_SELECT = _SELECT.format(m="?", cast="")
+_POSTGRES_SELECT = _SELECT.format(m="%s", cast="::text")
 
 
 def _runs(rows: list[tuple[int, str, Any, Any]]) -> list[tuple[str, list[Any]]]:
@@ -281,18 +267,20 @@ async def raw_postgres(url: str, schema: str, batch: int, progress: Progress, to
             "ON CONFLICT (name) DO UPDATE SET position = 0"
         )
 
-        async def read(after: int) -> list[_RawRow]:
+        async def read(after: int) -> list[tuple[int, str, Any, Any]]:
             cur = await reader.execute(_POSTGRES_SELECT, (*_RAW_TYPES, *_RAW_TYPES, after, batch))
-            return _raw_batch.decode((await cur.fetchone())[0])  # type: ignore[index]
+            return [
+                (p, t, None if e is None else _envelope_fields.decode(e), pl) for p, t, _v, e, pl in await cur.fetchall()
+            ]
 
         next_read = asyncio.ensure_future(read(0))
         while True:
             rows = await next_read
             if not rows:
                 break
-            after = rows[-1].position
+            after = rows[-1][0]
             next_read = asyncio.ensure_future(read(after))
-            runs = _runs([(r.position, r.event_type, r.envelope, r.payload) for r in rows])
+            runs = _runs(rows)
             async with conn.transaction():
                 await conn.execute("SET LOCAL synchronous_commit = off")
                 for kind, params in runs:
@@ -457,14 +445,14 @@ async def _measure(args: argparse.Namespace, progress: Progress, setup: _Setup) 
         "read_model_rows": len(ours_rows),
         "tables_equal": True,
         "ours_does": (
-            "Projector.rebuild: fresh table, gap-checked json_agg batch reads, decode, @handles upserts sent per key "
+            "Projector.rebuild: fresh table, gap-checked batch reads, decode, @handles upserts sent per key "
             "wave as one JSON parameter, checkpoint in each batch's transaction (next batch prepared meanwhile), swap, catch up"
             if args.store == "postgresql"
             else "Projector.rebuild: fresh table, batch reads, decode, @handles upserts by executemany through the "
             "Store, checkpoint in each batch's transaction, swap, catch up"
         ),
         "raw_does": (
-            "psycopg: json_agg batch reads (next one prefetched), msgspec decode, INSERT … SELECT FROM "
+            "psycopg: batch reads (next one prefetched), msgspec decode, INSERT … SELECT FROM "
             "jsonb_array_elements ON CONFLICT per wave, checkpoint, rename"
             if args.store == "postgresql"
             else "sqlite3: same reads, msgspec decode, executemany upserts, checkpoint, rename"

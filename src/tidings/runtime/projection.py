@@ -42,7 +42,6 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # their own, so a declared name must contain a table placeholder (``{licenses}_by_buyer``).
 _NAMED_OBJECT = re.compile(r"\b(?:INDEX(?:\s+IF\s+NOT\s+EXISTS)?|CONSTRAINT)\s+(?!ON\b)([^\s(]+)", re.IGNORECASE)
 
-HandlerEvent = TypeVar("HandlerEvent", bound=Message)
 #: What a consumer runs per message: ``async (envelope, event, tx) -> None``.
 ConsumerHandler = Callable[[Envelope, Any, Store], Awaitable[None]]
 
@@ -113,7 +112,7 @@ class Projection:
     """
 
     name: ClassVar[str] = "Projection"
-    #: Logical table name → DDL (one string for both dialects, or ``{"sqlite": ..., "postgresql": ...}``).
+    #: Table name → DDL naming it ``{name}`` (one string for both dialects, or ``{"sqlite": ..., "postgresql": ...}``).
     tables: ClassVar[Mapping[str, str | Mapping[str, str]]] = {}
 
     _handlers_cache: ClassVar[dict[str, _Handler] | None] = None
