@@ -41,21 +41,21 @@ from typing import Any
 
 import msgspec
 
-from tidings.messaging.envelope import Envelope
 from tidings.store.base import Store
 
 __all__ = ["JournalBatch", "JournalReader", "JournalRow"]
 
 
-class JournalRow(msgspec.Struct, array_like=True, frozen=True):
-    """One journal entry; ``envelope`` is None for the types the reader was not asked for (payload unread)."""
+class JournalRow(msgspec.Struct, frozen=True):
+    """One journal entry of a type the reader was asked for, as stored (the reader of the event decodes it)."""
 
     position: int
     event_type: str
     schema_version: int
-    envelope: Envelope | None
-    #: The payload's JSON, still encoded (``null`` when not asked for): only the event's reader knows its class.
-    payload: msgspec.Raw
+    #: The envelope's JSON.
+    envelope: str
+    #: The payload's JSON.
+    payload: str
 
 
 @dataclass(slots=True)
@@ -86,7 +86,6 @@ _SELECT = (
     "SELECT position, event_type, schema_version, {envelope}, {payload} "
     "FROM tidings_journal WHERE position > ? ORDER BY position LIMIT ?"
 )
-_envelope_decoder = msgspec.json.Decoder(Envelope)
 # Transactions of this database holding ROW EXCLUSIVE on this schema's journal: every one that has
 # inserted (or is inserting) a journal row and has not ended. Relation OIDs repeat across
 # databases, hence the database filter.
@@ -138,19 +137,18 @@ class JournalReader:
             raw = await self._fetch(after, limit)
             batch = JournalBatch(after=after, upto=after, more=len(raw) == limit)
             blocked_at: int | None = None
-            if raw and raw[-1].position - after == len(raw):
+            if raw and raw[-1][0] - after == len(raw):
                 # No hole (the common case): every row is the next position.
-                batch.rows = [row for row in raw if row.envelope is not None]
-                batch.upto = raw[-1].position
+                batch.rows = [JournalRow(*row) for row in raw if row[3] is not None]
+                batch.upto = raw[-1][0]
             else:
                 expected = after + 1
-                for row in raw:
-                    position = row.position
+                for position, event_type, version, envelope, payload in raw:
                     if position != expected and self.postgres and position > self._final_below:
                         blocked_at = position
                         break
-                    if row.envelope is not None:
-                        batch.rows.append(row)
+                    if envelope is not None:
+                        batch.rows.append(JournalRow(position, event_type, version, envelope, payload))
                     batch.upto, expected = position, position + 1
             if blocked_at is None:
                 return batch
@@ -170,16 +168,8 @@ class JournalReader:
             self._final_below = max(self._final_below, self._hole.bound)
             self._hole = None
 
-    async def _fetch(self, after: int, limit: int) -> list[JournalRow]:
-        rows = await self.store.fetch(self._select, (*self._params, after, limit))
-        return [
-            JournalRow(
-                position, event_type, version,
-                None if envelope is None else _envelope_decoder.decode(envelope),
-                msgspec.Raw(payload if payload is not None else "null"),
-            )
-            for position, event_type, version, envelope, payload in rows
-        ]
+    async def _fetch(self, after: int, limit: int) -> list[tuple[int, str, int, str | None, str | None]]:
+        return await self.store.fetch(self._select, (*self._params, after, limit))
 
     async def _journal_writers(self) -> list[str]:
         return [row[0] for row in await self.store.fetch(_JOURNAL_WRITERS)]

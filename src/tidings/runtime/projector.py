@@ -36,6 +36,7 @@ __all__ = ["Projector", "ProjectionFailed", "ProjectionStatus", "RebuildProgress
 
 log = logging.getLogger("tidings.projector")
 
+_envelope_decoder = msgspec.json.Decoder(Envelope)
 # Identifies this projector's advisory locks (first key); the second is derived from the name.
 _LOCK_NAMESPACE = 0x7470  # "tp"
 
@@ -359,18 +360,19 @@ class Projector:
                 # Decoding and calling inline: this loop runs once per event of every rebuild.
                 handler = handlers[row.event_type]
                 try:
+                    envelope = _envelope_decoder.decode(row.envelope)
                     if row.schema_version == handler.event_type.message_version:
                         event = _decoder_for(handler.event_type).decode(row.payload)
                     else:
                         event = registry.decode(row.event_type, row.schema_version, row.payload)  # upcast
                     if plain:
                         if handler.wants_envelope:
-                            handler.function(projection, event, row.envelope)
+                            handler.function(projection, event, envelope)
                         else:
                             handler.function(projection, event)
                 except Exception as exc:
                     raise _EventFailed(row, _explained(run, row, exc)) from exc
-                events.append((handler, row.envelope, event, row))
+                events.append((handler, envelope, event, row))
                 if i % 500 == 499:
                     # Let a pending commit take its next round trip while this batch is prepared.
                     await asyncio.sleep(0)
