@@ -249,6 +249,24 @@ async def test_a_write_the_database_refuses_rolls_back_the_whole_batch(store: St
     assert (await board(store))["products"] == before[0]["products"]
 
 
+async def test_an_event_that_cannot_be_read_stops_the_projection_with_the_field_named(store: Store) -> None:
+    # Given a stored LicenseOffered whose product is a number, between two good events
+    app = make_app(store)
+    await app.handle(OfferLicense(license_id="l1", product="photo"))
+    await plant_journal_row(store, "License:bad", 1, "LicenseOffered", 1, b'{"product": 5, "allowance": 1}')
+    await app.handle(OfferLicense(license_id="l2", product="photo"))
+    projector = projector_for(store, app)
+
+    # When the projector reaches it
+    with pytest.raises(ProjectionFailed) as failed:
+        await projector.catch_up()
+
+    # Then it stops right before it, saying which field is wrong; nothing after it is applied
+    assert "product" in str(failed.value) and "LicenseOffered" in str(failed.value)
+    assert await checkpoint(store) == failed.value.position - 1
+    assert [row[0] for row in (await board(store))["licenses"]] == ["l1"]
+
+
 async def test_a_projection_plugs_into_a_consumer_transaction(store: Store) -> None:
     # Given a projection's consumer callables and one decoded event with its envelope
     app = make_app(store)
