@@ -1024,17 +1024,15 @@ class Consumer:
         task.add_done_callback(self._background.discard)
 
     async def _ack(self, deliveries: list[Delivery], counted: bool) -> None:
-        # One after the other: batches ack concurrently with each other, and a task per ack would
-        # cost more than the ack itself on most brokers. After a failure the rest go at once, so
-        # a broker that is down costs one timeout, not one per message.
-        failed: list[BaseException] = []
+        # All of a batch at once: a confirmed ack is a round trip (NATS), and acking one after the
+        # other kept messages counted in flight long enough to starve the reader (measured: a
+        # third fewer messages per second). A broker that is down costs one timeout, not one each.
         try:
-            for index, delivery in enumerate(deliveries):
-                error = await _settled(delivery.ack())
-                if error is not None:
-                    rest = await asyncio.gather(*(_settled(d.ack()) for d in deliveries[index + 1 :]))
-                    failed = [error, *(r for r in rest if r is not None)]
-                    break
+            if len(deliveries) == 1:
+                results: list[BaseException | None] = [await _settled(deliveries[0].ack())]
+            else:
+                results = await asyncio.gather(*(_settled(d.ack()) for d in deliveries))
+            failed = [r for r in results if r is not None]
             if failed:
                 self._set_state(
                     "broker down",
