@@ -1,6 +1,6 @@
 """The main job: a licensing story on the embedded default (SQLite, no servers) that checks itself.
 
-Run with ``make demo`` (or ``python -m examples.story [--database URL]``). It exits 0 only if
+Run with ``python -m examples.story [--database URL]`` (``make demo`` runs the reference platform). It exits 0 only if
 every expected outcome was observed, and names each one that was not.
 """
 

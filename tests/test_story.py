@@ -1,4 +1,4 @@
-"""The main job (`make demo`) runs in the suite, on SQLite and on PostgreSQL, and must observe every outcome."""
+"""The quickstart story (`python -m examples.story`) runs in the suite, on SQLite and on PostgreSQL, and must observe every outcome."""
 
 from __future__ import annotations
 
