@@ -1,0 +1,114 @@
+"""The fault harness's short forms: every scenario breaks a real system and every guarantee of DESIGN.md §2 still holds.
+
+Each test runs ``python -m faults SCENARIO --json`` as an operator would (private broker servers, a
+fresh PostgreSQL schema or a private cluster, writer, relay and consumer processes killed for
+real) and reads the figures from its last stdout line. The ``--long`` forms are not run here.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import require_service, unavailable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from faults.plan import SCENARIOS, make_plan  # noqa: E402  (the harness lives beside bench/, not in src/)
+
+BINARIES = {
+    "nats": lambda: shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK) else None),
+    "redis": lambda: shutil.which("redis-server"),
+    "rabbitmq": lambda: (sorted(glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server")) or [None])[-1],
+}
+
+
+def run_faults(scenario: str, *args: str, broker: str = "nats", timeout: float = 240) -> dict[str, Any]:
+    """Run one scenario in a process of its own; its figures (the last stdout line), failing with its progress log."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    if BINARIES[broker]() is None:
+        unavailable(f"{broker} server binary is not installed (the harness starts a private one)")
+    if scenario == "db-restart" and not Path("/usr/lib/postgresql/15/bin/initdb").exists():
+        unavailable("PostgreSQL 15's initdb is not installed (db-restart restarts a private cluster)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "faults", scenario, "--broker", broker, "--json", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"no figures printed (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    figures: dict[str, Any] = json.loads(lines[-1])
+    figures["_log"] = done.stderr[-4000:]
+    return figures
+
+
+def assert_guarantees_held(figures: dict[str, Any]) -> None:
+    """Nothing lost, nothing phantom, every effect once and in order, every poison accounted for, no worker died."""
+    log = figures["_log"]
+    assert figures["commands"] > 0, log
+    assert figures["lost"] == 0, log
+    assert figures["phantom"] == 0, log
+    assert figures["duplicate_effects"] == 0, log
+    assert figures["order_violations"] == 0, log
+    assert figures["parked"] + figures["refused"] == figures["poison_injected"], log
+    assert figures["died"] == 0, log
+    assert figures["unintended"] == 0, log
+
+
+def test_the_same_seed_gives_the_same_fault_plan_and_another_seed_another() -> None:
+    for scenario in SCENARIOS:
+        assert make_plan(scenario, 7).as_dict() == make_plan(scenario, 7).as_dict()
+    assert make_plan("crash-relay", 7).faults != make_plan("crash-relay", 8).faults
+    assert make_plan("duplicate-and-reorder", 7).chaos_seed != make_plan("duplicate-and-reorder", 8).chaos_seed
+
+
+def test_the_cli_prints_the_plan_of_a_seed_the_same_every_time() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
+    plans = [
+        subprocess.run([sys.executable, "-m", "faults", "crash-consumer", "--seed", "42", "--plan"], cwd=REPO, env=env,
+                       capture_output=True, text=True, check=True).stdout  # fmt: skip
+        for _ in range(2)
+    ]
+    assert plans[0] == plans[1] and json.loads(plans[0])["seed"] == 42
+
+
+@pytest.mark.parametrize("scenario", ["crash-writer", "crash-relay", "crash-consumer"])
+def test_processes_killed_with_sigkill_lose_double_and_reorder_nothing(scenario: str) -> None:
+    figures = run_faults(scenario, "--seed", "11")
+    assert_guarantees_held(figures)
+    assert figures["kills"] > 0, figures["_log"]
+
+
+@pytest.mark.parametrize("broker", ["nats", "redis", "rabbitmq"])
+def test_a_broker_server_stopped_and_started_mid_stream_loses_and_doubles_nothing(broker: str) -> None:
+    # RabbitMQ takes seconds to boot and to restart: its short form runs a shorter workload.
+    figures = run_faults("broker-restart", "--seed", "12", *(["--scale", "0.5"] if broker == "rabbitmq" else []), broker=broker)
+    assert_guarantees_held(figures)
+    assert figures["restarts"] > 0, figures["_log"]
+
+
+def test_postgresql_restarted_mid_run_loses_and_doubles_nothing() -> None:
+    figures = run_faults("db-restart", "--seed", "13")
+    assert_guarantees_held(figures)
+    assert figures["restarts"] > 0, figures["_log"]
+
+
+def test_deliveries_shuffled_across_keys_and_duplicated_are_applied_once_in_order() -> None:
+    figures = run_faults("duplicate-and-reorder", "--seed", "14")
+    assert_guarantees_held(figures)
+    assert figures["redeliveries"] > 0, "the chaos wrapper delivered nothing twice: " + figures["_log"]
+
+
+def test_poison_at_the_broker_is_parked_and_through_the_api_refused_and_no_worker_dies() -> None:
+    figures = run_faults("poison", "--seed", "15")
+    assert_guarantees_held(figures)
+    assert figures["poison_injected"] == 10 and figures["parked"] == 6 and figures["refused"] == 4, figures["_log"]
