@@ -46,8 +46,12 @@ from tidings.store.base import Store
 __all__ = ["JournalBatch", "JournalReader", "JournalRow"]
 
 
-class JournalRow(msgspec.Struct, frozen=True):
-    """One journal entry of a type the reader was asked for, as stored (the reader of the event decodes it)."""
+class JournalRow(msgspec.Struct, frozen=True, gc=False):
+    """One journal entry of a type the reader was asked for, as stored (the reader of the event decodes it).
+
+    Untracked by the garbage collector (it holds only strings and ints): a rebuild keeps thousands
+    alive at once, and tracked objects make every collection slower.
+    """
 
     position: int
     event_type: str

@@ -372,7 +372,10 @@ class Projector:
                             handler.function(projection, event)
                 except Exception as exc:
                     raise _EventFailed(row, _explained(run, row, exc)) from exc
-                events.append((handler, envelope, event, row))
+                if not plain:
+                    # Kept for the handlers to run in the transaction. (Plain handlers' events are
+                    # dropped at once: thousands kept alive make every garbage collection slower.)
+                    events.append((handler, envelope, event, row))
                 if i % 500 == 499:
                     # Let a pending commit take its next round trip while this batch is prepared.
                     await asyncio.sleep(0)
