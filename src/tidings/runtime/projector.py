@@ -284,13 +284,23 @@ class Projector:
         checkpoint is still where it was read from.
         """
         pending: tuple[asyncio.Task[None], JournalBatch] | None = None
-        read_from = run.position
-        batch = JournalBatch(upto=run.position)
+        reading: asyncio.Task[JournalBatch] | None = asyncio.create_task(run.reader.read(run.position))
+        batch = JournalBatch(after=run.position, upto=run.position)
         try:
             while True:
-                batch = await run.reader.read(read_from)
+                if reading is None:
+                    if pending is None:
+                        break
+                    task, committing = pending
+                    pending = None
+                    if not await self._settle(run, task, committing, on_commit):
+                        reading = await _restart(None, run)
+                    continue
+                batch = await reading
+                # Read the next batch while this one is prepared and the last one commits.
+                reading = asyncio.create_task(run.reader.read(batch.upto)) if batch.more else None
                 prepared: _Prepared | _EventFailed | None = None
-                if batch.upto > read_from:
+                if batch.upto > batch.after:
                     try:
                         prepared = await self._prepare(run, batch)
                     except _EventFailed as failed:
@@ -299,28 +309,22 @@ class Projector:
                     task, committing = pending
                     pending = None
                     if not await self._settle(run, task, committing, on_commit):
-                        read_from, batch.more = run.position, True  # read again from where it really is
+                        reading = await _restart(reading, run)  # the checkpoint is elsewhere: read from there
                         continue
                 if isinstance(prepared, _EventFailed):
                     if not await self._isolate(run, batch, prepared):
-                        read_from, batch.more = run.position, True
+                        reading = await _restart(reading, run)
                         continue
                     if on_commit is not None:
                         on_commit(batch)
                 elif prepared is not None:
                     pending = (asyncio.create_task(self._commit(run, prepared)), batch)
-                read_from = batch.upto
-                if not batch.more:
-                    break
-            if pending is not None:
-                task, committing = pending
-                pending = None
-                await self._settle(run, task, committing, on_commit)
         finally:
-            if pending is not None:
-                pending[0].cancel()
-                with contextlib.suppress(BaseException):
-                    await pending[0]
+            for leftover in (pending[0] if pending is not None else None, reading):
+                if leftover is not None and not leftover.done():
+                    leftover.cancel()
+                    with contextlib.suppress(BaseException):
+                        await leftover
         return batch
 
     async def _settle(
@@ -564,6 +568,15 @@ def _explained(run: _Run, row: JournalRow, exc: Exception) -> Exception:
 def _decoder_for(message_type: type) -> msgspec.json.Decoder[Any]:
     """A payload decoder per class: what the registry does for a current version, minus its lookups."""
     return msgspec.json.Decoder(message_type)
+
+
+async def _restart(reading: asyncio.Task[JournalBatch] | None, run: _Run) -> asyncio.Task[JournalBatch]:
+    """Drop a read made from a position that turned out stale, and read from the run's position."""
+    if reading is not None:
+        reading.cancel()
+        with contextlib.suppress(BaseException):
+            await reading
+    return asyncio.create_task(run.reader.read(run.position))
 
 
 async def _call_all_async(run: _Run, events: list[tuple[_Handler, Envelope, Any, JournalRow]]) -> None:
