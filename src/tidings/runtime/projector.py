@@ -221,10 +221,12 @@ class Projector:
                 await _sleep_or_stop(stop, self.backoff.delay(failures))
                 continue
             except Exception as exc:
-                if not _is_database_error(exc):
-                    raise
                 failures += 1
-                log.warning("projection %s: database unavailable (%s); retrying", name, exc)
+                if _is_database_error(exc):
+                    log.warning("projection %s: database unavailable (%s); retrying", name, exc)
+                else:
+                    # A bug, not bad data: keep it in this projection's task; the others go on.
+                    log.exception("projection %s: unexpected error; retrying", name)
                 self._runs.pop(name, None)
                 await _sleep_or_stop(stop, self.backoff.delay(failures))
                 continue
@@ -232,7 +234,7 @@ class Projector:
                 continue
             if batch.waiting:
                 # A transaction that allocated the next position is still in flight: look again soon.
-                await _sleep_or_stop(stop, 0.01)
+                await _sleep_or_stop(stop, 0.02)
                 continue
             await self._idle(stop)
 
