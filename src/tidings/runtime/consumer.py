@@ -98,6 +98,8 @@ RouteFunction = Callable[[Envelope, Any, Store], Awaitable[None]]
 HandlerFunction = Callable[[Any, "HandlerContext"], Awaitable[None]]
 
 _envelope_encoder = msgspec.json.Encoder()
+#: An ack that took longer than this waited for something (the network): ack the rest of its batch at once.
+_QUICK_ACK_S = 0.0002
 
 
 class WrongTenant(MessageError):
@@ -1024,14 +1026,27 @@ class Consumer:
         task.add_done_callback(self._background.discard)
 
     async def _ack(self, deliveries: list[Delivery], counted: bool) -> None:
-        # All of a batch at once: a confirmed ack is a round trip (NATS), and acking one after the
-        # other kept messages counted in flight long enough to starve the reader (measured: a
-        # third fewer messages per second). A broker that is down costs one timeout, not one each.
+        # How to ack a batch depends on what an ack costs, so the first one tells. An ack that
+        # waited (a confirmed ack is a network round trip: NATS) means the rest go at once: one
+        # after the other, they kept messages counted in flight long enough to starve the reader
+        # (a third fewer messages/s measured). An ack that returned at once (the local log's
+        # offset) means the rest go one after the other: a task each would cost more than the ack.
+        # A broker that is down costs one timeout, not one per message.
+        loop = asyncio.get_running_loop()
         try:
-            if len(deliveries) == 1:
-                results: list[BaseException | None] = [await _settled(deliveries[0].ack())]
+            started = loop.time()
+            first = await _settled(deliveries[0].ack())
+            rest = deliveries[1:]
+            if first is not None or loop.time() - started > _QUICK_ACK_S:
+                results = [first, *await asyncio.gather(*(_settled(d.ack()) for d in rest))]
             else:
-                results = await asyncio.gather(*(_settled(d.ack()) for d in deliveries))
+                results = [first]
+                for index, delivery in enumerate(rest):
+                    error = await _settled(delivery.ack())
+                    results.append(error)
+                    if error is not None:
+                        results.extend(await asyncio.gather(*(_settled(d.ack()) for d in rest[index + 1 :])))
+                        break
             failed = [r for r in results if r is not None]
             if failed:
                 self._set_state(
