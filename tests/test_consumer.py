@@ -484,6 +484,36 @@ async def _copied(store: Store) -> bool:
     return await count(store, "SELECT count(*) FROM tidings_local_log WHERE topic = 'numbers.dead'") == 1
 
 
+async def test_a_member_that_loses_its_shard_lock_stops_reading_before_another_takes_over(postgres_store_factory: Any) -> None:
+    # Given member A reading the only shard and member B waiting, on PostgreSQL
+    store = await postgres_store_factory()
+    await prepare(store)
+    broker = local(store)
+    a = numbers_consumer(store, broker, member="a", rebalance_interval=0.1, handover_wait=0.0)
+    b = numbers_consumer(store, broker, member="b", rebalance_interval=0.1, handover_wait=0.0)
+    async with running(a) as run_a:
+        await run_a.until(lambda: _true(a.subscribed), "A reads the shard")
+        async with running(b) as run_b:
+            # When A's lock connection is cut (its locks die with it) and B takes the shard
+            [(backend,)] = await store.fetch(
+                "SELECT backend_pid FROM tidings_consumer_members WHERE member_id = ?", (a.member_id,)
+            )
+            await store.fetch("SELECT pg_terminate_backend(?)", (backend,))
+            await run_b.until(lambda: _true(b.subscribed), "B reads the shard")
+            await run_a.until(lambda: _true(not a.subscribed), "A stopped reading")
+
+            # Then what arrives now is applied by B alone
+            await publish(broker, numbered(["k"], 5))
+            await run_b.until(lambda: all_acked(store), "all are acked")
+    rows = await store.fetch("SELECT DISTINCT member FROM consumer_effects")
+    assert rows == [("b",)]
+    assert await effects(store) == {"k": [1, 2, 3, 4, 5]}
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 # -- the handler's transaction --------------------------------------------------------------------
 
 

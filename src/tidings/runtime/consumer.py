@@ -556,6 +556,11 @@ class Consumer:
         else:
             plan = await self._ownership.rebalance()
             wanted, surplus, others = plan.owned - plan.surplus, plan.surplus, plan.others_seen
+            for shard in set(self._readers) - plan.owned:
+                # Ownership lost without handing it back (the lock connection died): another member
+                # may read this shard already, so stop at once.
+                log.warning("consumer %s: lost shard %d; stops reading it", self.name, shard)
+                await self._stop_reader(shard)
         for shard in surplus:
             await self._stop_reader(shard)
         if surplus and self._ownership is not None:
@@ -827,13 +832,19 @@ class Consumer:
         self._kick.set()
 
     def _requeue(self, items: list[_Item]) -> None:
-        """Put items back at the front of their lanes, in their order."""
+        """Put items back at the front of their lanes, in their order (unless their shard is no longer read here)."""
         for item in reversed(items):
+            if item.shard not in self._readers and not item.release:
+                # Its shard was handed back (or lost) while it ran: the next owner gets it from the
+                # broker, and must not meet an older copy applied here later.
+                self._in_flight -= 1
+                self._room.set()
+                continue
             lane = self._lanes.get(item.delivery.key)
             if lane is None:
                 lane = self._lanes[item.delivery.key] = deque()
             lane.appendleft(item)
-        self._pending += len(items)
+            self._pending += 1
 
     # -- one batch, one transaction ------------------------------------------------------------
 
