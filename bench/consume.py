@@ -172,6 +172,8 @@ class Database:
         if self.kind == "sqlite":
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            for lock in self.path.parent.glob(f"{self.path.name}.consumer-*.lock"):
+                lock.unlink(missing_ok=True)  # the consumer's shard lock files beside the database
 
 
 # --- the broker of the run --------------------------------------------------------------------
