@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -20,6 +17,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from tidings.cli.loading import import_attribute
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, ReplayRefused
 from tidings.store import Store, open_store
 
@@ -70,19 +68,7 @@ async def load_consumers(spec: str, store: Store, broker: Any) -> list[Any]:
     """The consumers named by ``module:attribute``: a Consumer, a list of them, or a factory of (store, broker)."""
     from tidings.runtime.consumer import Consumer
 
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"APP_SPEC must look like package.module:attribute, got {spec!r}")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: the working directory's modules are importable
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r} for {spec!r}: {exc}") from exc
-    try:
-        target = getattr(module, attribute)
-    except AttributeError:
-        raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    target = import_attribute(spec, what="APP_SPEC", example="myapp.consumers:billing")
     if callable(target) and not isinstance(target, Consumer):
         arity = len(inspect.signature(target).parameters)
         target = target(*(store, broker)[:arity])

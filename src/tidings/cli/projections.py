@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
-import os
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
@@ -15,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tidings.cli import DatabaseOption, _with_store, console
+from tidings.cli.loading import import_attribute
 from tidings.runtime.projection import Projection
 from tidings.runtime.projector import ProjectionFailed, ProjectionStatus, Projector, RebuildProgress
 from tidings.store import Store
@@ -39,21 +37,10 @@ AppOption = Annotated[
 
 def load_projector(spec: str) -> Callable[[Store], Awaitable[Projector]]:
     """A function building the Projector that ``module:attribute`` names, on a store."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise typer.BadParameter(f"--app takes module:attribute (for example myapp.read_models:PROJECTIONS), got {spec!r}")
-    # Like other app servers: a module in the current directory is found without installing it.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise typer.BadParameter(f"cannot import {module_name!r} named by --app: {exc}") from None
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise typer.BadParameter(f"{module_name} has no attribute {attribute!r} (named by --app)") from None
+        target: Any = import_attribute(spec, what="--app", example="myapp.read_models:PROJECTIONS")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
     async def build(store: Store) -> Projector:
         if isinstance(target, Projection) or (isinstance(target, type) and issubclass(target, Projection)):

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
-import os
-import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
@@ -16,6 +13,7 @@ import typer
 from rich.table import Table
 
 from tidings.cli import DatabaseOption, _with_store, app, console
+from tidings.cli.loading import import_attribute
 from tidings.messaging.envelope import utc_now
 from tidings.runtime.sagas import ArchivedSaga, Saga, SagaRecord, SagaRunner, list_archived, list_sagas
 from tidings.runtime.scheduler import DeadlineRow, Scheduler, list_deadlines
@@ -39,21 +37,10 @@ AppOption = Annotated[
 
 def load_runner(spec: str, store: Store) -> Callable[[], Any]:
     """A zero-argument callable building the SagaRunner that ``module:attribute`` names, on ``store``."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise typer.BadParameter(f"--app takes module:attribute (for example myapp.sagas:SAGAS), got {spec!r}")
-    # Like other app servers: a module in the current directory is found without installing it.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise typer.BadParameter(f"cannot import {module_name!r} named by --app: {exc}") from None
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise typer.BadParameter(f"{module_name} has no attribute {attribute!r} (named by --app)") from None
+        target: Any = import_attribute(spec, what="--app", example="myapp.sagas:SAGAS")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
     async def build() -> SagaRunner:
         if isinstance(target, type) and issubclass(target, Saga):
