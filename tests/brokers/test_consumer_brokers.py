@@ -338,3 +338,64 @@ async def test_a_consumer_whose_group_is_deleted_on_the_server_subscribes_again_
     # Then the recreated group (which starts from the stream's beginning) applied only the new ones
     assert await effects(store) == {"a": list(range(1, 21)), "b": list(range(1, 21))}
     assert consumer.stats.duplicates >= 20
+
+
+_HOLDING_MEMBER = """
+import asyncio, sys
+from tidings.brokers.nats import from_url
+
+async def main():
+    broker = from_url(sys.argv[1])
+    await broker.connect()
+    held = 0
+    async for delivery in await broker.subscribe([sys.argv[2]], "takeover"):
+        held += 1  # received, never settled
+        if held == 5:
+            print("holding", flush=True)
+            await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_member_taking_over_from_one_killed_mid_batch_on_nats_gets_the_keys_older_messages_first(
+    nats_server: NatsServer,
+) -> None:
+    # Given a member of a group that received a key's messages 1-5 and was killed (SIGKILL) before settling them
+    publisher = await nats_server.broker()
+    await publish(publisher, [message("k", n) for n in range(1, 6)])
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", _HOLDING_MEMBER, f"{nats_server.url}?ack_wait={ACK_WAIT}", TOPIC],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(doomed.stdout.readline), 30)  # type: ignore[union-attr]
+        assert line.strip() == "holding"
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+
+    # When messages 6-10 of the key follow and a new member reads the group at once (before ack_wait runs out)
+    await publish(publisher, [message("k", n) for n in range(6, 11)])
+    successor = await nats_server.broker()
+    subscription = await successor.subscribe([TOPIC], "takeover")
+    seen: list[int] = []
+
+    async def read() -> None:
+        async for delivery in subscription:
+            n = json.loads(delivery.payload)["n"]
+            if n not in seen:
+                seen.append(n)
+            await delivery.ack()
+            if len(seen) == 10:
+                return
+
+    try:
+        await asyncio.wait_for(read(), 30)
+    finally:
+        await subscription.close()
+        await successor.close()
+        await publisher.close()
+
+    # Then it gets them in the key's order: the dead member's unsettled 1-5 (redelivered) before 6-10
+    assert seen == list(range(1, 11))

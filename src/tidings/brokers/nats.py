@@ -25,6 +25,19 @@ on as they arrive. While this member lives, everything it holds (buffered or han
 yet settled) is kept from redelivery by progress heartbeats (``+WPI``), up to ``max_hold`` seconds;
 when it dies those stop, and after ``ack_wait`` the server redelivers to another member.
 
+Takeover. A member that starts on a durable consumer with messages still unsettled
+(``num_ack_pending`` P > 0, all at or below the consumer's delivered stream sequence D) left by a
+member that died or left (tidings reads each group with one member at a time), yields nothing
+until the server has redelivered those P messages to it, and then hands on what it collected in
+stream order: the P first, then everything newer it pulled meanwhile. JetStream redelivers in
+order of ack deadline, in chunks as deadlines pass, which progress notes scramble, and a new
+pull gets new messages before redeliveries that are not yet due; without this a key's newer
+messages overtook its older ones after every crash. While collecting, the member keeps pulling
+(nothing is yielded, so every message is delivered once and counted once) and keeps everything
+alive with progress notes. The wait also ends when the server's ack floor reaches D, when it
+counts no more unsettled messages than the member holds (another live member held some and
+settled them), or after ``2 * ack_wait + 5`` seconds at the latest.
+
 Reconnects. The client reconnects forever on its own. While it is disconnected ``publish`` answers
 BrokerUnavailable at once, and every wait for a confirmation is bounded by ``publish_timeout``.
 
@@ -777,8 +790,15 @@ class _Puller:
         # Short enough that a request lost with a server restart is renewed soon, long enough
         # that an idle subscription costs one small request per few seconds.
         self.expires = 5.0
+        #: While taking over unsettled messages (see "Takeover" above): the delivered stream
+        #: sequence D and count P found at start, and what arrived meanwhile, by stream sequence.
+        self.fence: int | None = None
+        self._fence_pending = 0
+        self._fenced: dict[int, Msg] = {}
+        self._fence_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self._set_fence()
         nc = self.broker._client()
         self._inbox = nc.new_inbox()
         self._sub = await nc.subscribe(self._inbox, cb=self._on_message)
@@ -788,6 +808,82 @@ class _Puller:
         """One of this puller's messages left the buffer."""
         self.buffered -= 1
         self._room.set()
+
+    async def _set_fence(self) -> None:
+        """Before the first pull: note the unsettled messages an earlier member left, to be handed on first, in order."""
+        js = self.broker._client().jetstream(timeout=self.broker.publish_timeout)
+        try:
+            info = await js.consumer_info(self.broker.stream, self.durable)
+        except (APIError, NatsError, TimeoutError) as exc:
+            # Not knowing what is unsettled is not safe to read past: subscribing fails, and is retried.
+            raise BrokerUnavailable(f"NATS {self.broker._where()} did not answer about consumer {self.durable!r}: {exc!r}") from exc
+        if info.num_ack_pending and info.delivered.stream_seq:
+            self.fence = info.delivered.stream_seq
+            self._fence_pending = info.num_ack_pending
+            log.info(
+                "NATS consumer %s: %d messages left unsettled up to stream sequence %d; handing them on first, in order",
+                self.durable, self._fence_pending, self.fence,
+            )  # fmt: skip
+            self._fence_task = asyncio.get_running_loop().create_task(self._watch_fence())
+
+    async def _watch_fence(self) -> None:
+        """Lift the fence when the server says nothing older is outstanding elsewhere, or at the latest deadline."""
+        loop = asyncio.get_running_loop()
+        interval = min(0.25, max(0.05, self.broker.ack_wait / 8))
+        deadline = None
+        while self.fence is not None and not self.subscription._closed:
+            await asyncio.sleep(interval)
+            if not self.subscription._reading.is_set():
+                continue
+            deadline = deadline or loop.time() + 2 * self.broker.ack_wait + 5.0
+            if loop.time() > deadline:
+                log.warning(
+                    "NATS consumer %s: %d of %d unsettled messages did not come back within %.1f s; reading on",
+                    self.durable, self._fence_pending - self._older_held(), self._fence_pending, 2 * self.broker.ack_wait + 5.0,
+                )  # fmt: skip
+                self._lift()
+                return
+            try:
+                js = self.broker._client().jetstream(timeout=self.broker.publish_timeout)
+                info = await js.consumer_info(self.broker.stream, self.durable)
+            except (APIError, NatsError, TimeoutError, BrokerError):
+                continue
+            if self.fence is not None and (
+                info.ack_floor.stream_seq >= self.fence or info.num_ack_pending <= self._held_here()
+            ):
+                self._lift()
+
+    def _older_held(self) -> int:
+        fence = self.fence or 0
+        return sum(1 for seq in self._fenced if seq <= fence)
+
+    def _held_here(self) -> int:
+        return sum(1 for msg in self._fenced.values() if msg.reply in self.subscription._held)
+
+    def _fence_in(self, msg: Msg) -> None:
+        """Keep a message (alive, un-yielded) while taking over; lift once all P older ones are here."""
+        if self.subscription._closed:
+            return
+        seq = msg.metadata.sequence.stream
+        previous = self._fenced.get(seq)
+        if previous is not None:
+            self.subscription._held.pop(previous.reply, None)  # delivered again: the newer delivery stands
+        self._fenced[seq] = msg
+        self.subscription._held[msg.reply] = _Held(msg, asyncio.get_running_loop().time())
+        if self._older_held() >= self._fence_pending:
+            self._lift()
+
+    def _lift(self) -> None:
+        """Hand on what was collected, in stream order, and read on normally."""
+        self.fence = None
+        fenced, self._fenced = self._fenced, {}
+        for seq in sorted(fenced):
+            msg = fenced[seq]
+            if msg.reply in self.subscription._held:
+                self.buffered += 1
+                self.subscription._queue.put_nowait((self, msg))
+        if self._fence_task is not None and self._fence_task is not asyncio.current_task():
+            self._fence_task.cancel()
 
     def wake(self) -> None:
         """Stop waiting for the current request and send a new one."""
@@ -803,9 +899,12 @@ class _Puller:
             self._last_status = (status, headers.get(api.Header.DESCRIPTION.value, ""))
             self._request_over.set()
             return
-        self.buffered += 1
         self._received += 1
-        self.subscription._arrived(self, msg)
+        if self.fence is not None:
+            self._fence_in(msg)
+        else:
+            self.buffered += 1
+            self.subscription._arrived(self, msg)
         if self._received >= self._requested:
             self._request_over.set()
 
@@ -875,6 +974,11 @@ class _Puller:
         return 0.5
 
     async def stop(self) -> None:
+        if self._fence_task is not None:
+            self._fence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fence_task
+        self._fenced.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
