@@ -135,30 +135,17 @@ def relay(
 ) -> None:
     """Run a relay until interrupted: publish committed outbox rows to the broker, in order per key."""
     import logging
-    import signal
 
     from rich.logging import RichHandler
 
-    from tidings.brokers import open_broker
+    from tidings.cli.workers import broker_when_up, stop_on_signals
     from tidings.runtime import Relay
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
 
     async def work(store: Store) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        connected = None
-        while connected is None and not stop.is_set():
-            try:
-                connected = await open_broker(broker, store=store)
-            except Exception as exc:  # the broker may come up after the relay: wait for it
-                console.print(f"[yellow]broker unavailable[/yellow] ({exc}); retrying in 2 s")
-                try:
-                    await asyncio.wait_for(stop.wait(), 2)
-                except TimeoutError:
-                    pass
+        stop = stop_on_signals()
+        connected = await broker_when_up(broker, store, stop, console)
         if connected is None:
             return
         try:

@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import json
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -18,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tidings.cli.loading import import_attribute
+from tidings.cli.workers import broker_when_up, stop_on_signals
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, ReplayRefused
 from tidings.store import Store, open_store
 
@@ -90,27 +90,11 @@ def consume(
     """Run consumers until interrupted: apply each message once, in order per key; dead-letter what fails."""
     from rich.logging import RichHandler
 
-    from tidings.brokers import open_broker
-
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
 
     async def work(store: Store) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        connected = None
-        while connected is None and not stop.is_set():
-            try:
-                connected = await open_broker(broker, store=store)
-            except RuntimeError as exc:  # the broker's client library is not installed
-                raise ValueError(str(exc)) from exc
-            except Exception as exc:  # the broker may come up after the consumer: wait for it
-                console.print(f"[yellow]broker unavailable[/yellow] ({exc}); retrying in 2 s")
-                try:
-                    await asyncio.wait_for(stop.wait(), 2)
-                except TimeoutError:
-                    pass
+        stop = stop_on_signals()
+        connected = await broker_when_up(broker, store, stop, console)
         if connected is None:
             return
         try:

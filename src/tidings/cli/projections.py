@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tidings.cli import DatabaseOption, _with_store, console
 from tidings.cli.loading import import_attribute
+from tidings.cli.workers import stop_on_signals
 from tidings.runtime.projection import Projection
 from tidings.runtime.projector import ProjectionFailed, ProjectionStatus, Projector, RebuildProgress
 from tidings.store import Store
@@ -137,7 +138,6 @@ def rebuild(
 def run(app_spec: AppOption, database: DatabaseOption = None) -> None:
     """Keep every projection up to date until interrupted (SIGINT/SIGTERM)."""
     import logging
-    import signal
 
     from rich.logging import RichHandler
 
@@ -145,10 +145,7 @@ def run(app_spec: AppOption, database: DatabaseOption = None) -> None:
     build = load_projector(app_spec)
 
     async def work(store: Store) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         projector = await build(store)
         console.print(f"projecting {', '.join(sorted(projector.projections))} from {store.url}")
         await projector.run(stop)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from tidings.cli import DatabaseOption, _with_store, app, console
 from tidings.cli.loading import import_attribute
+from tidings.cli.workers import stop_on_signals
 from tidings.messaging.envelope import utc_now
 from tidings.runtime.sagas import ArchivedSaga, Saga, SagaRecord, SagaRunner, list_archived, list_sagas
 from tidings.runtime.scheduler import DeadlineRow, Scheduler, list_deadlines
@@ -70,7 +71,6 @@ def scheduler(
 ) -> None:
     """Fire saga deadlines as they fall due, until interrupted (Ctrl-C or SIGTERM); run one or several."""
     import logging
-    import signal
 
     from rich.logging import RichHandler
 
@@ -78,10 +78,7 @@ def scheduler(
 
     async def work(store: Store) -> None:
         runner = await load_runner(app_spec, store)()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await Scheduler(runner, poll_interval=poll_interval, batch_size=batch_size).run(stop)
 
     _with_store(database, work)

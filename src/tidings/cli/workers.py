@@ -1,0 +1,45 @@
+"""What every long-running command (relay, consume, projections run, scheduler) does around its worker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from tidings.brokers.base import Broker
+    from tidings.store import Store
+
+__all__ = ["broker_when_up", "stop_on_signals"]
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so the worker stops cleanly (releasing locks, settling acks)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def broker_when_up(url: str | None, store: Store, stop: asyncio.Event, console: Console) -> Broker | None:
+    """The broker at ``url``, waited for if it is down (it may start after us); None if stopped first.
+
+    A missing client library is not waited out: ValueError says which extra to install.
+    """
+    from tidings.brokers import open_broker
+
+    while not stop.is_set():
+        try:
+            return await open_broker(url, store=store)
+        except RuntimeError as exc:  # the broker's client library is not installed
+            raise ValueError(str(exc)) from exc
+        except Exception as exc:
+            console.print(f"[yellow]broker unavailable[/yellow] ({exc}); retrying in 2 s")
+            try:
+                await asyncio.wait_for(stop.wait(), 2)
+            except TimeoutError:
+                pass
+    return None
