@@ -117,6 +117,24 @@ async def test_an_oversized_row_is_parked_its_key_waits_and_other_keys_flow(stor
     assert await undelivered(store) == 0
 
 
+async def test_a_key_parked_in_one_batch_is_held_in_the_batches_claimed_before_the_park_was_written(store: Store) -> None:
+    # Given "big" whose first event is over the limit, then more of "big" and "small"; one row per batch,
+    # so the relay claims big's second row while its first is still being parked (the claim runs ahead)
+    app = make_ticker_app(store)
+    await app.handle(Tick(ticker_id="big", padding="x" * 5000))
+    await app.handle(Tick(ticker_id="big"))
+    await app.handle(Tick(ticker_id="small"))
+    await app.handle(Tick(ticker_id="big"))
+    await app.handle(Tick(ticker_id="small"))
+
+    # When the relay drains
+    await Relay(store, LocalBroker(store, max_message_bytes=2000), batch_size=1).drain()
+
+    # Then none of big's later rows overtook the parked one, and "small" flowed
+    assert await delivered_ticks(store) == {"small": [1, 2]}
+    assert (await Outbox(store).status()).parked == 1
+
+
 async def test_delivered_rows_are_pruned_after_retention_in_bounded_batches(store: Store) -> None:
     # Given 30 delivered rows, 10 of them delivered long ago, and 5 undelivered rows
     app = make_ticker_app(store)
