@@ -11,6 +11,7 @@ from rich.console import Console
 
 from tidings.cli.render import journal_table, outbox_table, status_table
 from tidings.store import Store, open_store
+from tidings.store.errors import PermanentDatabaseError
 
 __all__ = ["app", "main"]
 
@@ -37,7 +38,7 @@ def _with_store(url: str | None, work: Callable[[Store], Awaitable[T]], *, migra
 
     try:
         return asyncio.run(run())
-    except (ConnectionError, ValueError) as exc:
+    except (ConnectionError, ValueError, PermanentDatabaseError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
