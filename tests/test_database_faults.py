@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import pytest
 
+from consumer_model import message, numbers_consumer, prepare, publish
 from model import LicenseOffered, OfferLicense, make_app
 from relay_model import Tick, make_ticker_app
 from saga_model import SAGAS
@@ -112,6 +113,25 @@ async def test_a_projector_whose_journal_table_is_dropped_stops_and_says_to_migr
     with pytest.raises(PermanentDatabaseError) as stopped:
         await asyncio.wait_for(task, 10)
     assert str(stopped.value).startswith("projection offers stopped")
+    assert "run `tidings db migrate`" in str(stopped.value)
+
+
+async def test_a_consumer_whose_dead_letter_table_is_dropped_stops_and_says_to_migrate(store: Store) -> None:
+    # Given a running consumer that applied a first message
+    await prepare(store)
+    broker = LocalBroker(store, poll_interval=0.02)
+    await publish(broker, [message("k", 1)])
+    consumer = numbers_consumer(store, broker, replay_poll=0.05, rebalance_interval=0.05)
+    task = asyncio.create_task(consumer.run())
+    await eventually(lambda: _true(consumer.stats.applied == 1), 10, "the first message is applied")
+
+    # When the table it polls for replay requests is dropped under it
+    await store.run("DROP TABLE tidings_dead_letters")
+
+    # Then it stops with an error naming itself and the cure, instead of waiting for the database forever
+    with pytest.raises(PermanentDatabaseError) as stopped:
+        await asyncio.wait_for(task, 10)
+    assert str(stopped.value).startswith("consumer numbers stopped: the database refused its work")
     assert "run `tidings db migrate`" in str(stopped.value)
 
 
