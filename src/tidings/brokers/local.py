@@ -1,6 +1,7 @@
 """The local broker: the embedded default, a durable log in the store itself; no server.
 
-Publishing appends to ``tidings_local_log`` (de-duplicated by event id, like NATS's message id).
+Publishing appends to ``tidings_local_log``, de-duplicated by (event id, replay) like NATS's message
+id: a relay's retry is stored once, an operator's replay (``tidings outbox replay``) again.
 A consumer group reads each topic from its stored offset in log order; the offset advances to
 the highest position below which every delivery was acked, so whatever was not acked when a
 consumer died is delivered again to the next one. One member per group at a time.
@@ -34,8 +35,8 @@ class LocalBroker:
         self.max_message_bytes = max_message_bytes
         self.poll_interval = poll_interval
         self._insert = (
-            "INSERT INTO tidings_local_log (topic, partition, key, event_id, headers, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+            "INSERT INTO tidings_local_log (topic, partition, key, event_id, replay, headers, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, replay) DO NOTHING"
         )
 
     async def connect(self) -> None:
@@ -56,7 +57,10 @@ class LocalBroker:
                 continue
             results.append(None)
             rows.append(
-                (message.topic, message.partition, message.key, message.event_id, json.dumps(dict(message.headers)), message.payload)
+                (
+                    message.topic, message.partition, message.key, message.event_id, message.replay,
+                    json.dumps(dict(message.headers)), message.payload,
+                )  # fmt: skip
             )
         if rows:
             await self.store.run_many(self._insert, rows)

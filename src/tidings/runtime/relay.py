@@ -366,6 +366,7 @@ def _outgoing(row: OutboxRow) -> OutgoingMessage:
         event_id=row.event_id,
         headers=envelope_to_headers(row.envelope),
         payload=row.payload,
+        replay=row.replays,
     )
 
 
