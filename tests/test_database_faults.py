@@ -276,12 +276,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_tidings_relay_on_an_unmigrated_postgresql_schema_exits_with_the_cure() -> None:
-    # Given a PostgreSQL schema nobody migrated, and a reachable broker
+@pytest.mark.parametrize("broker", ["nats://127.0.0.1:4222", "local:"])
+def test_tidings_relay_on_an_unmigrated_postgresql_schema_exits_with_the_cure(broker: str) -> None:
+    # Given a PostgreSQL schema nobody migrated, and a reachable broker (or the local one, in that schema)
     require_service("PostgreSQL", "127.0.0.1", 5432)
-    require_service("NATS", "127.0.0.1", 4222)
+    if broker.startswith("nats"):
+        require_service("NATS", "127.0.0.1", 4222)
     url = f"{POSTGRES_URL}?options={quote('-c search_path=t_never_migrated')}"
-    env = {**os.environ, "TIDINGS_DATABASE_URL": url, "TIDINGS_BROKER_URL": "nats://127.0.0.1:4222", "COLUMNS": "300"}
+    env = {**os.environ, "TIDINGS_DATABASE_URL": url, "TIDINGS_BROKER_URL": broker, "COLUMNS": "300"}
 
     # When an operator starts a relay on it
     done = subprocess.run([sys.executable, "-m", "tidings.cli", "relay"], env=env, capture_output=True, timeout=60)
