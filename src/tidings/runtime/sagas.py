@@ -51,6 +51,7 @@ from tidings.messaging.partitioning import DEFAULT_PARTITIONS
 from tidings.messaging.registry import MessageRegistry
 from tidings.runtime.scheduler import DeadlineRow, NewDeadline, cancel_deadlines, insert_deadlines, mark_fired
 from tidings.store.base import Store
+from tidings.store.errors import is_conflict
 from tidings.store.locks import lock_until_commit
 from tidings.store.records import Changes, OutboxEntry
 
@@ -785,7 +786,7 @@ class SagaRunner:
                     raise
                 log.debug("%s; reloading and retrying (attempt %d)", exc, attempt + 1)
             except Exception as exc:
-                if getattr(exc, "sqlstate", None) not in {"40P01", "40001"}:
+                if not is_conflict(exc):
                     raise
                 # A PostgreSQL deadlock or serialization failure is a lost race like any other.
                 self.conflicts += 1
