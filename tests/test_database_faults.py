@@ -11,10 +11,12 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -145,6 +147,24 @@ async def test_database_errors_are_classified_once_for_both_stores(store: Store)
         await store.fetch("SELECT * FROM t_missing")
     assert (classify(duplicate.value), classify(missing.value)) == ("data", "permanent")
     assert classify(ValueError("not from the database")) is None
+
+
+def test_a_sqlite_file_locked_by_another_process_is_transient(tmp_path: Path) -> None:
+    # Given a SQLite file whose write lock another connection holds (as another process would)
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (k TEXT)")
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        # When a write does not wait for it, then the error is one to wait out
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            waiter.execute("INSERT INTO t (k) VALUES ('x')")
+        assert classify(busy.value) == "transient"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        waiter.close()
 
 
 async def test_a_refused_connection_is_transient() -> None:
