@@ -89,7 +89,6 @@ class LocalSubscription:
         self._read_up_to = 0
         self._in_flight: dict[int, bool] = {}  # position -> acked, in position order
         self._topic_of: dict[int, str] = {}
-        self._attempts: dict[str, int] = {}
         self._retry: asyncio.Queue[Delivery] = asyncio.Queue()
         self._wakeup = asyncio.Event()
         self._timers: set[asyncio.Task[None]] = set()
@@ -124,7 +123,6 @@ class LocalSubscription:
                     continue  # acked before, by this group
                 self._in_flight[int(position)] = False
                 self._topic_of[int(position)] = topic
-                attempt = self._attempts[event_id] = self._attempts.get(event_id, 0) + 1
                 yield Delivery(
                     topic=topic,
                     key=key,
@@ -132,7 +130,7 @@ class LocalSubscription:
                     event_id=event_id,
                     headers=json.loads(headers),
                     payload=bytes(payload),
-                    attempt=attempt,
+                    attempt=1,  # each log row is read once per subscription; a nack counts on from there
                     _settle=_Settle(self, int(position)),
                 )
             if not rows and self._retry.empty():
@@ -167,7 +165,6 @@ class LocalSubscription:
     async def _nack(self, delivery: Delivery, position: int, delay: float) -> None:
         async def later() -> None:
             await asyncio.sleep(delay)
-            self._attempts[delivery.event_id] = delivery.attempt + 1
             delivery.attempt += 1
             await self._retry.put(delivery)
             self._wakeup.set()
