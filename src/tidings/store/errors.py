@@ -35,7 +35,9 @@ _SQLITE_TRANSIENT_TEXT = ("locked", "busy", "disk I/O", "unable to open")
 # PostgreSQL SQLSTATE classes (two characters) and codes.
 _PG_CONFLICT = frozenset({"40001", "40P01"})
 _PG_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "58"})
-_PG_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "57014", "55P03"})
+# Shutting down, crashed, starting up, idle session ended, statement cancelled or timed out, lock
+# timeout, and a read-only transaction (a standby, as during a failover: the primary comes back).
+_PG_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "57P05", "57014", "55P03", "25006"})
 _PG_DATA_CLASSES = frozenset({"21", "22", "23", "25", "27", "44", "P0"})
 
 
