@@ -170,9 +170,11 @@ def test_a_sqlite_file_locked_by_another_process_is_transient(tmp_path: Path) ->
 async def test_a_refused_connection_is_transient() -> None:
     # Given a port nobody listens on
     port = _free_port()
-    # When a store is opened against it, then the error is one to wait out
-    with pytest.raises(ConnectionError) as refused:
-        await open_store(f"postgresql://postgres@127.0.0.1:{port}/test")
+    # When psycopg connects to it, then the error is one to wait out
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError) as refused:
+        await psycopg.AsyncConnection.connect(f"postgresql://postgres@127.0.0.1:{port}/test", connect_timeout=2)
     assert classify(refused.value) == "transient"
 
 
