@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import sqlite3
@@ -21,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
-from consumer_model import message, numbers_consumer, prepare, publish
+from consumer_model import effects, message, numbers_consumer, prepare, publish
 from model import LicenseOffered, OfferLicense, make_app
 from relay_model import Tick, make_ticker_app
 from saga_model import SAGAS
@@ -182,26 +181,43 @@ async def test_a_refused_connection_is_transient() -> None:
 
 
 class TcpProxy:
-    """Forwards a local port to PostgreSQL; ``cut()`` drops every connection and refuses new ones until ``mend()``."""
+    """Forwards a local port to PostgreSQL; ``cut()`` drops every connection and refuses new ones until ``mend()``.
+
+    While cut, it still accepts and at once closes each connection, counting them in ``refused``:
+    a test can see that its worker really tried to reach the database meanwhile.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = _free_port()
+        self.refused = 0
+        self._cut = False
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
-    async def mend(self) -> None:
+    async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
+        self._cut = True
         for pipe in list(self._pipes):
             pipe.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
+    async def mend(self) -> None:
+        self._cut = False
+
+    async def close(self) -> None:
+        await self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._cut:
+            self.refused += 1
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -231,7 +247,7 @@ async def proxied_postgres(postgres_store_factory: StoreFactory) -> AsyncIterato
     require_service("PostgreSQL", "127.0.0.1", 5432)
     direct = await postgres_store_factory()
     proxy = TcpProxy(("127.0.0.1", 5432))
-    await proxy.mend()
+    await proxy.start()
     schema = direct.schema  # type: ignore[attr-defined]
     url = POSTGRES_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     through = await open_store(url, schema=schema)
@@ -239,13 +255,11 @@ async def proxied_postgres(postgres_store_factory: StoreFactory) -> AsyncIterato
         yield direct, through, proxy
     finally:
         with contextlib.suppress(Exception):
-            await proxy.cut()
+            await proxy.close()
         await through.close()
 
 
-async def test_a_relay_cut_off_from_postgresql_waits_and_delivers_when_it_is_back(
-    proxied_postgres: tuple[Store, Store, TcpProxy], caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_relay_cut_off_from_postgresql_waits_and_delivers_when_it_is_back(proxied_postgres: tuple[Store, Store, TcpProxy]) -> None:
     direct, through, proxy = proxied_postgres
     app = make_ticker_app(direct)
     relay = Relay(through, LocalBroker(through), idle_wait=0.05, rebalance_interval=0.2, backoff=_fast())
@@ -254,17 +268,45 @@ async def test_a_relay_cut_off_from_postgresql_waits_and_delivers_when_it_is_bac
         await app.handle(Tick(ticker_id="before"))
         await eventually(lambda: _is_zero(undelivered(direct)), 10, "the first event is delivered")
 
-        # When the database becomes unreachable, and events are committed meanwhile
-        with caplog.at_level(logging.WARNING, logger="tidings.relay"):
-            await proxy.cut()
-            for _ in range(3):
-                await app.handle(Tick(ticker_id="during"))
-            await eventually(lambda: _true("database unavailable" in caplog.text), 10, "the relay reports the outage")
-            assert not task.done()
+        # When the database becomes unreachable (the relay tries, and is refused), while events are committed
+        await proxy.cut()
+        for _ in range(3):
+            await app.handle(Tick(ticker_id="during"))
+        await eventually(lambda: _true(proxy.refused >= 2), 20, "the relay tries to reach the database again")
+        assert not task.done()
 
-            # Then, once it is reachable again, the relay delivers them without a restart
-            await proxy.mend()
-            await eventually(lambda: _is_zero(undelivered(direct)), 20, "the events committed meanwhile are delivered")
+        # Then, once it is reachable again, the relay delivers them without a restart
+        await proxy.mend()
+        await eventually(lambda: _is_zero(undelivered(direct)), 40, "the events committed meanwhile are delivered")
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_consumer_cut_off_from_postgresql_waits_and_applies_when_it_is_back(
+    proxied_postgres: tuple[Store, Store, TcpProxy],
+) -> None:
+    # Given a consumer whose database connections go through the proxy (its broker's log does not)
+    direct, through, proxy = proxied_postgres
+    await prepare(direct)
+    broker = LocalBroker(direct, poll_interval=0.02)
+    consumer = numbers_consumer(through, broker, rebalance_interval=0.1, replay_poll=0.1)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await publish(broker, [message("k", 1)])
+        await eventually(lambda: _true(consumer.stats.applied == 1), 10, "the first message is applied")
+
+        # When the database becomes unreachable (the consumer tries, and is refused) while messages arrive
+        await proxy.cut()
+        await publish(broker, [message("k", n) for n in (2, 3)])
+        await eventually(lambda: _true(proxy.refused >= 2), 20, "the consumer tries to reach the database again")
+        assert not task.done()
+
+        # Then, once it is reachable again, it applies them, in order and once each
+        await proxy.mend()
+        await eventually(lambda: _true(consumer.stats.applied == 3), 40, "the messages that arrived meanwhile are applied")
+        assert await effects(direct) == {"k": [1, 2, 3]}
         assert not task.done()
     finally:
         task.cancel()
