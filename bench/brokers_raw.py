@@ -858,7 +858,7 @@ class LocalTarget(Target):
                 async with conn.transaction(), conn.cursor() as cur:
                     await cur.executemany(
                         "INSERT INTO tidings_local_log (topic, partition, key, event_id, headers, payload) "
-                        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+                        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id, replay) DO NOTHING",
                         part,
                     )
             else:
@@ -866,7 +866,7 @@ class LocalTarget(Target):
                 await conn.execute(
                     "INSERT INTO tidings_local_log (topic, partition, key, event_id, headers, payload) "
                     "SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::bytea[]) "
-                    "ON CONFLICT (event_id) DO NOTHING",
+                    "ON CONFLICT (event_id, replay) DO NOTHING",
                     [list(c) for c in columns],
                 )
             if advance:

@@ -360,4 +360,23 @@ class Tally(Saga, context="tally"):
         self.seen.append(event.n)
 
 
+class RefundRequested(IntegrationEvent, name="refunds.RefundRequested"):
+    order_id: str
+    channel: str
+
+
+class RefundIssued(IntegrationEvent, name="refunds.RefundIssued"):
+    order_id: str
+    channel: str
+
+
+class OneRefund(Saga, context="refunds"):
+    """Refunds an order at most once: it starts and finishes in one turn (a race would refund twice)."""
+
+    @starts(RefundRequested, key=lambda e: e.order_id)
+    def requested(self, event: RefundRequested) -> RefundIssued:
+        self.complete()
+        return RefundIssued(order_id=self.key, channel=event.channel)
+
+
 SAGAS = [AssetProcessing, OrderFulfilment, Tally]

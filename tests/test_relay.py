@@ -19,10 +19,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from typer.testing import CliRunner
 
 from support import POSTGRES_URL, StoreFactory
 from relay_model import Tick, make_ticker_app
+from tidings.brokers.base import OutgoingMessage
 from tidings.brokers.local import LocalBroker
+from tidings.cli import app as cli
 from tidings.messaging import utc_now
 from tidings.runtime import Relay
 from tidings.runtime.ownership import SqliteOwnership
@@ -108,13 +111,50 @@ async def test_an_oversized_row_is_parked_its_key_waits_and_other_keys_flow(stor
     assert "over the broker's limit of 2000" in error
 
     # When the operator raises the limit and replays the parked row
-    assert await Outbox(store).replay(parked=True) == 1
+    assert [r.outcome for r in await Outbox(store).replay(parked=True)] == ["released"]
     broker.max_message_bytes = 10_000
     await Relay(store, broker).drain()
 
     # Then "big" is delivered, in order
     assert (await delivered_ticks(store))["big"] == [1, 2]
     assert await undelivered(store) == 0
+
+
+async def test_outbox_replay_says_per_row_what_it_did_and_a_replayed_row_reaches_the_broker_again(store: Store) -> None:
+    # Given a delivered row, a parked row, a row not relayed yet, and an id with no row
+    app = make_ticker_app(store)
+    await app.handle(Tick(ticker_id="sent"))
+    await app.handle(Tick(ticker_id="big", padding="x" * 5000))
+    await Relay(store, LocalBroker(store, max_message_bytes=2000)).drain()
+    await app.handle(Tick(ticker_id="waiting"))
+    ids = {row.partition_key: row.id for row in await store.read_outbox()}
+    sent_event = next(row.event_id for row in await store.read_outbox() if row.partition_key == "sent")
+
+    # When the operator replays all four
+    env = {"TIDINGS_DATABASE_URL": store_url(store), "COLUMNS": "400"}
+    named = [str(ids["sent"]), str(ids["big"]), str(ids["waiting"]), "9999"]
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["outbox", "replay", *named], env=env)
+
+    # Then it says what happened to each, and fails because one id has no row
+    lines = result.output.splitlines()
+    assert result.exit_code == 1, result.output
+    assert lines[0].startswith(f"row {ids['sent']}: replayed — was delivered; the relay publishes event {sent_event} again (replay 1)")
+    assert lines[1].startswith(f"row {ids['big']}: parked, released — the relay publishes event")
+    assert "over the broker's limit of 2000" in lines[1]
+    assert lines[2] == f"row {ids['waiting']}: still pending — not delivered yet, the relay publishes it anyway; nothing changed"
+    assert lines[3].startswith("row 9999: not found — no outbox row has this id")
+
+    # And the relay publishes the delivered row again with its event id unchanged (a second log entry)
+    await Relay(store, LocalBroker(store)).drain()
+    copies = await store.fetch("SELECT replay FROM tidings_local_log WHERE event_id = ? ORDER BY position", (sent_event,))
+    assert [replay for (replay,) in copies] == [0, 1]
+    assert await undelivered(store) == 0
+
+    # And a relay's retry of that same publication is still stored once
+    sent = next(row for row in await store.read_outbox() if row.id == ids["sent"])
+    retry = OutgoingMessage(sent.topic, sent.partition_key, sent.partition, sent.event_id, {}, sent.payload, replay=1)
+    assert await LocalBroker(store).publish([retry]) == [None]
+    assert len(await store.fetch("SELECT 1 FROM tidings_local_log WHERE event_id = ?", (sent_event,))) == 2
 
 
 async def test_a_key_parked_in_one_batch_is_held_in_the_batches_claimed_before_the_park_was_written(store: Store) -> None:

@@ -39,12 +39,14 @@ from saga_model import (
     OrderFulfilment,
     OrderPlaced,
     OrderRejected,
+    OneRefund,
     OrderShipped,
     PaymentCaptured,
     PaymentFailed,
     PaymentOverdue,
     ProcessingOverdue,
     RefundPayment,
+    RefundRequested,
     ReleaseStock,
     ReserveStock,
     ShipmentFailed,
@@ -296,6 +298,48 @@ async def test_many_concurrent_updates_of_one_saga_instance_lose_nothing(store_f
     # Then every number is counted once
     [tally] = await list_sagas(store_a)
     assert (tally.version, tally.state["total"], sorted(tally.state["seen"])) == (20, sum(numbers), numbers)
+
+
+class PausingAfterArchiveCheck(PausingTransaction):
+    """A racer whose check of the archive waits until the other racer has checked it too (or cannot)."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows = await self._store.fetch(sql, params)
+        if "FROM tidings_saga_archive" in sql and not self._paused:
+            self._paused = True
+            self._loaded.set()
+            try:
+                # Behind the other racer's lock (or SQLite's write lock) we cannot get here: stop waiting.
+                await asyncio.wait_for(self._other_loaded.wait(), 1.0)
+            except TimeoutError:
+                pass
+        return rows
+
+
+async def test_two_starts_of_a_saga_that_finishes_in_one_turn_run_it_once(store_factory: StoreFactory) -> None:
+    # Given a saga that starts and completes in one turn, and two runners on separate connections
+    store_a, store_b = await store_factory(), await store_factory()
+    runner_a, runner_b = SagaRunner(store_a, [OneRefund]), SagaRunner(store_b, [OneRefund])
+    a_checked, b_checked = asyncio.Event(), asyncio.Event()
+
+    async def racer(runner: SagaRunner, store: Store, channel: str, mine: asyncio.Event, other: asyncio.Event) -> SagaOutcome:
+        tx = PausingAfterArchiveCheck(store, mine, other)
+        event = RefundRequested(order_id="o-1", channel=channel)
+        async with tx.transaction():  # each consumer's inbox transaction
+            [outcome] = await runner.handle(tx, envelope_for(event), event)  # type: ignore[arg-type]
+        return outcome
+
+    # When two start messages for one order arrive at once (on different partition keys, so two
+    # consumers handle them in parallel) and both look for an archived instance before either saves
+    outcomes = await asyncio.gather(
+        racer(runner_a, store_a, "web", a_checked, b_checked), racer(runner_b, store_b, "support", b_checked, a_checked)
+    )
+
+    # Then one ran it and the other saw it finished: one archived instance, one refund sent
+    assert sorted((o.status, o.reason) for o in outcomes) == [("completed", None), ("ignored", "this instance finished before")]
+    assert await count(store_a, "tidings_saga_archive") == 1
+    assert [event_type for _, event_type, _ in await outbox(store_a)] == ["refunds.RefundIssued"]
+    assert await list_sagas(store_a) == []
 
 
 # -- deadlines -----------------------------------------------------------------------------------

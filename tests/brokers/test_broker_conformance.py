@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -82,6 +83,24 @@ async def test_a_message_round_trips_with_payload_and_headers_intact(broker_serv
     assert got.payload == sent.payload
     for header, value in sent.headers.items():
         assert got.headers.get(header) == value, header
+    await subscription.close()
+
+
+async def test_a_replay_arrives_again_as_a_first_delivery_with_the_same_event_id(broker_server: BrokerServer) -> None:
+    # Given a message that was published, received and acked
+    broker = await broker_server.broker()
+    name = topic()
+    subscription = await broker.subscribe([name], "g-replay")
+    sent = message(name, "lic-1", 1)
+    await publish_all(broker, [sent])
+    await receive(subscription, 1)
+
+    # When an operator replays it (tidings outbox replay: the relay publishes it as replay 1)
+    await publish_all(broker, [dataclasses.replace(sent, replay=1)])
+
+    # Then it arrives again, with its event id unchanged, as the first delivery of a new publication
+    [again] = await receive(subscription, 1)
+    assert (again.event_id, again.attempt, again.payload) == (sent.event_id, 1, sent.payload)
     await subscription.close()
 
 

@@ -44,6 +44,18 @@ class OutgoingMessage:
     event_id: str
     headers: Mapping[str, str]
     payload: bytes
+    #: 0 for the first publication; n for the n-th replay an operator asked for (``tidings outbox replay``).
+    replay: int = 0
+
+    @property
+    def publication_id(self) -> str:
+        """The id a de-duplicating broker keys this publication by: a retry repeats it, a replay does not.
+
+        The event id for a first publication, ``{event_id}~replay-{n}`` for the n-th replay. Only
+        the broker sees it: the message's event id (headers, Delivery.event_id) stays the same,
+        so consumers that applied the event skip its replay through their inbox.
+        """
+        return self.event_id if not self.replay else f"{self.event_id}~replay-{self.replay}"
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """The local broker: the embedded default, a durable log in the store itself; no server.
 
-Publishing appends to ``tidings_local_log`` (de-duplicated by event id, like NATS's message id).
+Publishing appends to ``tidings_local_log``, de-duplicated by (event id, replay) like NATS's message
+id: a relay's retry is stored once, an operator's replay (``tidings outbox replay``) again.
 A consumer group reads each topic from its stored offset in log order; the offset advances to
 the highest position below which every delivery was acked, so whatever was not acked when a
 consumer died is delivered again to the next one. One member per group at a time.
@@ -34,8 +35,8 @@ class LocalBroker:
         self.max_message_bytes = max_message_bytes
         self.poll_interval = poll_interval
         self._insert = (
-            "INSERT INTO tidings_local_log (topic, partition, key, event_id, headers, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+            "INSERT INTO tidings_local_log (topic, partition, key, event_id, replay, headers, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, replay) DO NOTHING"
         )
 
     async def connect(self) -> None:
@@ -56,7 +57,10 @@ class LocalBroker:
                 continue
             results.append(None)
             rows.append(
-                (message.topic, message.partition, message.key, message.event_id, json.dumps(dict(message.headers)), message.payload)
+                (
+                    message.topic, message.partition, message.key, message.event_id, message.replay,
+                    json.dumps(dict(message.headers)), message.payload,
+                )  # fmt: skip
             )
         if rows:
             await self.store.run_many(self._insert, rows)
@@ -85,7 +89,6 @@ class LocalSubscription:
         self._read_up_to = 0
         self._in_flight: dict[int, bool] = {}  # position -> acked, in position order
         self._topic_of: dict[int, str] = {}
-        self._attempts: dict[str, int] = {}
         self._retry: asyncio.Queue[Delivery] = asyncio.Queue()
         self._wakeup = asyncio.Event()
         self._timers: set[asyncio.Task[None]] = set()
@@ -120,7 +123,6 @@ class LocalSubscription:
                     continue  # acked before, by this group
                 self._in_flight[int(position)] = False
                 self._topic_of[int(position)] = topic
-                attempt = self._attempts[event_id] = self._attempts.get(event_id, 0) + 1
                 yield Delivery(
                     topic=topic,
                     key=key,
@@ -128,7 +130,7 @@ class LocalSubscription:
                     event_id=event_id,
                     headers=json.loads(headers),
                     payload=bytes(payload),
-                    attempt=attempt,
+                    attempt=1,  # each log row is read once per subscription; a nack counts on from there
                     _settle=_Settle(self, int(position)),
                 )
             if not rows and self._retry.empty():
@@ -163,7 +165,6 @@ class LocalSubscription:
     async def _nack(self, delivery: Delivery, position: int, delay: float) -> None:
         async def later() -> None:
             await asyncio.sleep(delay)
-            self._attempts[delivery.event_id] = delivery.attempt + 1
             delivery.attempt += 1
             await self._retry.put(delivery)
             self._wakeup.set()

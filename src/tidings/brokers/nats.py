@@ -9,10 +9,12 @@ share a subject, and a consumer's filter ``{prefix}.{topic}.*`` matches exactly 
 
 Headers. The message's own headers travel as NATS headers and arrive identical: values NATS would
 alter (surrounding whitespace, control characters) are sent base64-encoded behind ``=?b64?`` and
-decoded on arrival. ``Nats-Msg-Id`` carries the event id, so the stream drops a re-publish of the
-same event within its duplicate window (a relay retry after a lost confirmation); ``tidings-topic``,
-``tidings-key`` and ``tidings-partition`` carry the routing fields (so a message may not bring
-headers of those names). Header names starting with ``Nats-`` are refused, because they would
+decoded on arrival. ``Nats-Msg-Id`` carries the publication id (the event id; for an operator's
+replay, the event id and the replay number), so the stream drops a re-publish of the same
+publication within its duplicate window (a relay retry after a lost confirmation) but stores a
+replay; a delivery's event id is the envelope's (``tidings-event_id``), else the message id.
+``tidings-topic``, ``tidings-key`` and ``tidings-partition`` carry the routing fields (so a
+message may not bring headers of those names). Header names starting with ``Nats-`` are refused, because they would
 change how JetStream stores the message.
 
 Consumers. ``subscribe(topics, group)`` binds one durable pull consumer per topic (named
@@ -85,6 +87,7 @@ H_TOPIC = "tidings-topic"
 H_KEY = "tidings-key"
 H_PARTITION = "tidings-partition"
 _MSG_ID = api.Header.MSG_ID.value
+_EVENT_ID_HEADER = "tidings-event_id"  # the envelope's event id, as brokers/headers.py writes it
 _EXPECTED_STREAM = api.Header.EXPECTED_STREAM.value
 _TRANSPORT_HEADERS = frozenset({H_TOPIC, H_KEY, H_PARTITION, _MSG_ID, _EXPECTED_STREAM})
 _B64 = "=?b64?"
@@ -452,8 +455,8 @@ class NatsBroker:
         headers[H_KEY] = _encode_value(message.key)
         headers[H_PARTITION] = str(int(message.partition))
         # The stream de-duplicates by this id within its duplicate window: a relay's retry after
-        # a lost confirmation is stored once.
-        headers[_MSG_ID] = _encode_value(message.event_id)
+        # a lost confirmation is stored once, an operator's replay (a new publication id) again.
+        headers[_MSG_ID] = _encode_value(message.publication_id)
         # Refuse to land in another stream that happens to capture the subject.
         headers[_EXPECTED_STREAM] = self.stream
         size = len(message.payload) + 12  # b"NATS/1.0\r\n\r\n"
@@ -675,7 +678,9 @@ class NatsSubscription:
         except ValueError:
             partition = 0
         metadata = msg.metadata
-        event_id = _decode_value(raw.pop(_MSG_ID, "")) or f"{self.broker.stream}:{metadata.sequence.stream}"
+        message_id = raw.pop(_MSG_ID, "")
+        # A replay's message id is not its event id: the envelope's is (the one inboxes know).
+        event_id = _decode_value(raw.get(_EVENT_ID_HEADER) or message_id) or f"{self.broker.stream}:{metadata.sequence.stream}"
         for name in _TRANSPORT_HEADERS:
             raw.pop(name, None)
         return Delivery(

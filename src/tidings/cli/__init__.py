@@ -11,6 +11,7 @@ from rich.console import Console
 
 from tidings.cli.render import journal_table, outbox_table, status_table
 from tidings.store import Store, open_store
+from tidings.store.errors import PermanentDatabaseError
 
 __all__ = ["app", "main"]
 
@@ -37,7 +38,7 @@ def _with_store(url: str | None, work: Callable[[Store], Awaitable[T]], *, migra
 
     try:
         return asyncio.run(run())
-    except (ConnectionError, ValueError) as exc:
+    except (ConnectionError, ValueError, PermanentDatabaseError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
@@ -110,21 +111,30 @@ def outbox_status(database: DatabaseOption = None) -> None:
 @outbox_app.command("replay")
 def outbox_replay(
     ids: Annotated[list[int] | None, typer.Argument(help="outbox row ids to publish again")] = None,
-    parked: Annotated[bool, typer.Option("--parked", help="replay every parked row")] = False,
+    parked: Annotated[bool, typer.Option("--parked", help="release every parked row")] = False,
     database: DatabaseOption = None,
 ) -> None:
-    """Make rows publishable again: parked ones, or any by id (consumers de-duplicate, so this is safe)."""
-    from tidings.store.outbox import Outbox
+    """Publish rows again: delivered or parked ones by id, or every parked row; says per row what happened.
+
+    A delivered row reaches the broker again with its event id unchanged, so consumers that
+    applied it skip it and consumers that missed it apply it. Exits with 1 if an id has no row.
+    """
+    from tidings.store.outbox import Outbox, Replay
 
     if not ids and not parked:
-        console.print("[red]error:[/red] name row ids, or pass --parked to replay every parked row")
+        console.print("[red]error:[/red] name row ids, or pass --parked to release every parked row")
         raise typer.Exit(2)
 
-    async def work(store: Store) -> int:
+    async def work(store: Store) -> list[Replay]:
         return await Outbox(store).replay(ids or (), parked=parked)
 
-    count = _with_store(database, work)
-    console.print(f"{count} row(s) will be published again by the relay")
+    results = _with_store(database, work)
+    for result in results:
+        console.print(result.describe(), soft_wrap=True, highlight=False)
+    if parked and not results:
+        console.print("no parked rows: nothing to release")
+    if any(result.outcome == "not found" for result in results):
+        raise typer.Exit(1)
 
 
 @app.command("relay")

@@ -20,6 +20,7 @@ from tidings.cli.loading import import_attribute
 from tidings.cli.workers import broker_when_up, stop_on_signals
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, ReplayRefused
 from tidings.store import Store, open_store
+from tidings.store.errors import PermanentDatabaseError
 
 __all__ = ["consume", "dlq_app", "load_consumers"]
 
@@ -56,7 +57,7 @@ def _run(url: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
-    except (ConnectionError, ValueError) as exc:
+    except (ConnectionError, ValueError, PermanentDatabaseError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from tidings.store.errors import PermanentDatabaseError, is_permanent
+
 if TYPE_CHECKING:
     from tidings.brokers.base import Broker
     from tidings.store import Store
@@ -27,7 +29,8 @@ def stop_on_signals() -> asyncio.Event:
 async def broker_when_up(url: str | None, store: Store, stop: asyncio.Event, console: Console) -> Broker | None:
     """The broker at ``url``, waited for if it is down (it may start after us); None if stopped first.
 
-    A missing client library is not waited out: ValueError says which extra to install.
+    A missing client library is not waited out: ValueError says which extra to install; nor is
+    a store that refuses the local broker for good (PermanentDatabaseError, e.g. not migrated).
     """
     from tidings.brokers import open_broker
 
@@ -37,6 +40,8 @@ async def broker_when_up(url: str | None, store: Store, stop: asyncio.Event, con
         except RuntimeError as exc:  # the broker's client library is not installed
             raise ValueError(str(exc)) from exc
         except Exception as exc:
+            if is_permanent(exc):  # the local broker's log table is missing: no wait will create it
+                raise PermanentDatabaseError(f"broker {url or 'local:'}", exc) from exc
             console.print(f"[yellow]broker unavailable[/yellow] ({exc}); retrying in 2 s")
             try:
                 await asyncio.wait_for(stop.wait(), 2)

@@ -51,7 +51,6 @@ import inspect
 import logging
 import os
 import socket
-import sqlite3
 import traceback as traceback_module
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -74,6 +73,7 @@ from tidings.runtime.backoff import Backoff
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter
 from tidings.runtime.shards import ShardOwnership, shard_of, shard_ownership
 from tidings.store.base import Store
+from tidings.store.errors import PermanentDatabaseError, classify, is_transient, is_unavailable
 
 if TYPE_CHECKING:
     from tidings.app.application import Application, CommandResult
@@ -431,7 +431,12 @@ class Consumer:
                     await self._housekeeping()
                     failures = 0
                 except Exception as exc:
-                    if not _database_down(exc):
+                    if not is_transient(exc):
+                        if classify(exc) is not None:
+                            # A missing table, no privilege, a closed store: waiting would never end.
+                            stopped = PermanentDatabaseError(f"consumer {self.name}", exc)
+                            log.error("%s", stopped)
+                            raise stopped from exc
                         raise
                     failures += 1
                     self._set_state("database unavailable", f"{type(exc).__name__}: {exc}", logging.WARNING)
@@ -854,7 +859,7 @@ class Consumer:
                 await self._release(items[0])
             except Exception as exc:
                 # Nothing is lost: the rows are still there, and the next poll queues the key again.
-                if _database_down(exc):
+                if is_unavailable(exc):
                     self._database_down(exc)
                 else:
                     log.exception("consumer %s: releasing key %r failed; trying again later", self.name, items[0].delivery.key)
@@ -870,7 +875,7 @@ class Consumer:
             self._done_with(items)
             raise
         except Exception as exc:
-            if _database_down(exc):
+            if is_unavailable(exc):
                 self._database_down(exc)
                 self._requeue(items)
                 self._done_with(items)
@@ -923,7 +928,7 @@ class Consumer:
                 try:
                     await _run_routes(item.routes, item.event, item.envelope, ctx, self.store)
                 except Exception as exc:
-                    if _database_down(exc):
+                    if is_unavailable(exc):
                         raise
                     raise _ItemFailed(item, exc) from exc
                 outcome.append("applied")
@@ -1180,7 +1185,7 @@ class Consumer:
                     await _run_routes(item.routes, item.event, item.envelope, ctx, self.store)
                     await writes.flush(self.store)
             except Exception as exc:
-                if _database_down(exc):
+                if is_unavailable(exc):
                     raise
                 error = exc
                 if isinstance(exc, self.not_retryable):
@@ -1259,23 +1264,6 @@ def _require_async(fn: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
 def _sqlite_inbox(count: int) -> str:
     values = ", ".join(["(?, ?)"] * count)
     return f"INSERT INTO tidings_inbox (consumer, event_id) VALUES {values} ON CONFLICT DO NOTHING RETURNING event_id"
-
-
-def _database_down(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database cannot be reached (no message is to blame), not that a statement failed."""
-    if isinstance(exc, (OSError, ConnectionError)):
-        return True
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc)
-        return "locked" in text or "busy" in text or "disk I/O" in text or "unable to open" in text
-    module = type(exc).__module__
-    if module.startswith(("psycopg", "psycopg_pool")):
-        sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate is None:
-            return any(cls.__name__ == "OperationalError" for cls in type(exc).__mro__)
-        # 08: connection exception, 57P: shutdown/crash, 53: out of resources.
-        return sqlstate.startswith(("08", "57P", "53"))
-    return False
 
 
 def _envelope_of(headers: dict[str, str]) -> Envelope:

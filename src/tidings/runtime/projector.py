@@ -31,6 +31,7 @@ from tidings.runtime.backoff import Backoff
 from tidings.runtime.journal_reader import JournalBatch, JournalReader, JournalRow, first_after, journal_head
 from tidings.runtime.projection import REBUILD_SUFFIX, Projection, Target, _current, _Handler, _Session
 from tidings.store.base import Store
+from tidings.store.errors import PermanentDatabaseError, is_permanent, is_transient
 
 __all__ = ["Projector", "ProjectionFailed", "ProjectionStatus", "RebuildProgress", "RebuildResult"]
 
@@ -200,9 +201,16 @@ class Projector:
         self._following.update(self.projections)
         tasks = [asyncio.create_task(self._follow(name, stop), name=f"projection {name}") for name in self.projections]
         listener = asyncio.create_task(self._listen(stop), name="projector wake-up")
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            # A projection's task ends early only when the database refused its work for good.
+            await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                error = task.exception() if task.done() and not task.cancelled() else None
+                if error is not None:
+                    raise error
         finally:
+            stopping.cancel()
             for task in (*tasks, listener):
                 task.cancel()
             await asyncio.gather(*tasks, listener, return_exceptions=True)
@@ -222,8 +230,13 @@ class Projector:
                 continue
             except Exception as exc:
                 failures += 1
-                if _is_database_error(exc):
+                if is_transient(exc):
                     log.warning("projection %s: database unavailable (%s); retrying", name, exc)
+                elif is_permanent(exc):
+                    # A missing table, no privilege, a closed store: retrying would never end.
+                    stopped = PermanentDatabaseError(f"projection {name}", exc)
+                    log.error("%s", stopped)
+                    raise stopped from exc
                 else:
                     # A bug, not bad data: keep it in this projection's task; the others go on.
                     log.exception("projection %s: unexpected error; retrying", name)
@@ -339,7 +352,7 @@ class Projector:
             self._moved(run, moved)
             return False
         except Exception as exc:
-            if _is_database_error(exc) and not _is_statement_error(exc):
+            if is_transient(exc):  # the database, not this batch: the projection's task waits and retries
                 raise
             if not await self._isolate(run, batch, exc):
                 return False
@@ -433,7 +446,7 @@ class Projector:
                 self._moved(run, moved)
                 return False
             except Exception as single:
-                if _is_database_error(single) and not _is_statement_error(single):
+                if is_transient(single):
                     raise
                 await self._fail(run, row, single.cause if isinstance(single, _EventFailed) else single)
         if batch.upto > run.position:
@@ -778,22 +791,6 @@ def _check_table_names(projections: Iterable[Projection]) -> None:
             if table in owner:
                 raise ValueError(f"projections {owner[table]} and {projection.name} both declare table {table!r}")
             owner[table] = projection.name
-
-
-def _is_database_error(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith(("psycopg", "psycopg_pool", "sqlite3")) or isinstance(exc, OSError)
-
-
-def _is_statement_error(exc: BaseException) -> bool:
-    """A database error caused by what was written (constraint, type, syntax), not by the connection."""
-    name = type(exc).__name__
-    if type(exc).__module__.startswith("sqlite3"):
-        return name in {"IntegrityError", "DataError", "ProgrammingError"} or (
-            name == "OperationalError" and "locked" not in str(exc) and "busy" not in str(exc)
-        )
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    # Classes 22 (data), 23 (integrity), 42 (syntax/undefined objects) are about the statement.
-    return sqlstate[:2] in {"22", "23", "42"}
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

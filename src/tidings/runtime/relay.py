@@ -1,10 +1,13 @@
 """The relay: claims outbox rows of its partitions, publishes them, marks them delivered.
 
-See docs/decisions/0006 for why a batch goes out in rounds of one message per key. Failures come
-in two kinds. When the broker itself is down (every publish of a round failed as unavailable),
-no row is blamed: the relay backs off as a whole and says so once. When single rows fail while
-others pass, those rows are retried with their own backoff, and parked after ``max_attempts`` or
-at once when the broker rejects them for good; their keys wait, the others flow.
+See docs/decisions/0006 for why a batch goes out in rounds of one message per key. Broker
+failures come in two kinds. When the broker itself is down (every publish of a round failed as
+unavailable), no row is blamed: the relay backs off as a whole and says so once. When single
+rows fail while others pass, those rows are retried with their own backoff, and parked after
+``max_attempts`` or at once when the broker rejects them for good; their keys wait, the others
+flow. Database failures are judged by ``tidings.store.errors``: unreachable or busy, the relay
+waits and tries again; refused for good (a missing table, no privilege), it stops with a
+PermanentDatabaseError that says what to do.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tidings.messaging.ids import new_id
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.ownership import Ownership, ownership_for
 from tidings.store.base import Store
+from tidings.store.errors import PermanentDatabaseError, classify
 from tidings.store.outbox import Outbox
 from tidings.store.records import OutboxRow
 
@@ -115,22 +119,31 @@ class Relay:
                     await self._maybe_prune()
                     if not result.more:
                         await self._idle(stop, min(self.idle_wait, self.rebalance_interval))
-                except (OSError, ConnectionError) as exc:
-                    # The database went away (restart, network): say it once, retry with backoff.
+                except Exception as exc:
+                    kind = classify(exc)
+                    if kind is None:
+                        raise
+                    if kind not in ("transient", "conflict"):
+                        # A missing table, no privilege, a closed store: retrying would spin forever.
+                        # (The relay's statements carry no user data, so "data" is as final here.)
+                        stopped = PermanentDatabaseError(f"relay {self.relay_id}", exc)
+                        log.error("%s", stopped)
+                        self._state = "stopped"
+                        raise stopped from exc
+                    # The database went away (restart, network) or is busy: say it once, retry with backoff.
                     self._set_state("database unavailable", f"{type(exc).__name__}: {exc}", level=logging.WARNING)
                     self._down_since += 1
                     self.owned = frozenset()
                     await _sleep_or_stop(stop, self.backoff.delay(self._down_since))
-                except Exception as exc:
-                    if _is_database_error(exc):
-                        self._set_state("database unavailable", f"{type(exc).__name__}: {exc}", level=logging.WARNING)
-                        self._down_since += 1
-                        self.owned = frozenset()
-                        await _sleep_or_stop(stop, self.backoff.delay(self._down_since))
-                    else:
-                        raise
         finally:
-            await self.ownership.release()
+            try:
+                await self.ownership.release()
+            except Exception as exc:
+                if classify(exc) is None:
+                    raise
+                # Its connection is closed all the same, and the partitions' locks go with it; the
+                # error that stopped the relay (if any) is the one to report, not this one.
+                log.warning("relay %s: could not deregister on the way out (%s: %s)", self.relay_id, type(exc).__name__, exc)
             self._set_state("stopped")
 
     async def drain(self, timeout: float = 30.0) -> None:
@@ -353,12 +366,8 @@ def _outgoing(row: OutboxRow) -> OutgoingMessage:
         event_id=row.event_id,
         headers=envelope_to_headers(row.envelope),
         payload=row.payload,
+        replay=row.replays,
     )
-
-
-def _is_database_error(exc: Exception) -> bool:
-    module = type(exc).__module__
-    return module.startswith(("psycopg", "psycopg_pool", "sqlite3"))
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -51,6 +51,8 @@ from tidings.messaging.partitioning import DEFAULT_PARTITIONS
 from tidings.messaging.registry import MessageRegistry
 from tidings.runtime.scheduler import DeadlineRow, NewDeadline, cancel_deadlines, insert_deadlines, mark_fired
 from tidings.store.base import Store
+from tidings.store.errors import is_conflict
+from tidings.store.locks import lock_until_commit
 from tidings.store.records import Changes, OutboxEntry
 
 __all__ = [
@@ -82,6 +84,7 @@ _COMPENSATES_ATTR = "__tidings_compensates__"
 _RESERVED = frozenset({"key", "version", "cause"})
 _IMMUTABLE = frozenset({int, float, str, bool, bytes, type(None)})
 _json = msgspec.json.Encoder()
+_SAGA_LOCK_NAMESPACE = 0x7473  # "ts": the starts of one saga instance
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 
 
@@ -783,7 +786,7 @@ class SagaRunner:
                     raise
                 log.debug("%s; reloading and retrying (attempt %d)", exc, attempt + 1)
             except Exception as exc:
-                if getattr(exc, "sqlstate", None) not in {"40P01", "40001"}:
+                if not is_conflict(exc):
                     raise
                 # A PostgreSQL deadlock or serialization failure is a lost race like any other.
                 self.conflicts += 1
@@ -803,6 +806,14 @@ class SagaRunner:
         now: datetime,
     ) -> SagaOutcome:
         record = await _load(tx, saga_type.saga_type, key)
+        if record is None and step.starts and saga_id is None:
+            # A start that finds no instance may finish in the same turn and write only an archive
+            # row, which no unique key guards (a restartable saga archives one key many times).
+            # So the starts of a fresh instance queue on a lock and look again: a second one sees
+            # the first's running row or archive row, never neither. Running instances need no
+            # lock (their version guards every save); a fresh start pays two statements, once.
+            await lock_until_commit(tx, _SAGA_LOCK_NAMESPACE, f"{saga_type.saga_type}\x1f{key}")
+            record = await _load(tx, saga_type.saga_type, key)
         if saga_id is not None and (record is None or record.saga_id != saga_id):
             return SagaOutcome(saga_type.saga_type, key, "ignored", step=step.name, reason="the saga instance that scheduled it is gone")
         instance: Saga | None = None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.messaging.envelope import utc_now
 from tidings.runtime.backoff import Backoff
 from tidings.store.base import Store
+from tidings.store.errors import PermanentDatabaseError, classify, is_permanent, is_transient, is_unavailable
 
 if TYPE_CHECKING:
     from tidings.runtime.sagas import SagaRunner
@@ -236,9 +237,15 @@ class Scheduler:
                         continue  # more may be due right now
                     await self._wait(stop)
                 except Exception as exc:
-                    if not _is_database_error(exc):
+                    if not is_transient(exc):
+                        if classify(exc) is not None:
+                            # A missing table, no privilege, a closed store: waiting would never end.
+                            stopped = PermanentDatabaseError("scheduler", exc)
+                            log.error("%s", stopped)
+                            self._state = "stopped"
+                            raise stopped from exc
                         raise
-                    # The database went away (restart, network): say it once, retry with backoff.
+                    # The database went away (restart, network) or is busy: say it once, retry with backoff.
                     self._set_state("database unavailable", f"{type(exc).__name__}: {exc}", logging.WARNING)
                     self._down_since += 1
                     await _sleep_or_stop(stop, self.backoff.delay(self._down_since))
@@ -258,8 +265,8 @@ class Scheduler:
             try:
                 outcome = await self.runner.fire(row, now=now)
             except Exception as exc:
-                if _is_database_error(exc) and not _is_conflict(exc):
-                    raise
+                if is_permanent(exc) or is_unavailable(exc):
+                    raise  # the database, not this deadline: the loop waits or stops
                 await self._failed(row, exc)
                 continue
             if outcome is not None and outcome.status != "ignored":
@@ -363,24 +370,6 @@ def _row(row: tuple[Any, ...]) -> DeadlineRow:
         cancel_reason=row[16],
         parked_at=_maybe_datetime(row[17]),
     )
-
-
-def _is_database_error(exc: BaseException) -> bool:
-    """True for the database being unreachable or busy (wait and retry), not for a bad statement or row."""
-    if isinstance(exc, (OSError, ConnectionError)):
-        return True
-    for klass in type(exc).__mro__:
-        module = klass.__module__
-        if module.startswith("psycopg_pool"):
-            return True
-        if module.startswith(("psycopg", "sqlite3")) and klass.__name__ in {"OperationalError", "InterfaceError"}:
-            return True
-    return False
-
-
-def _is_conflict(exc: BaseException) -> bool:
-    # PostgreSQL's deadlock and serialization failures: the transaction lost a race, a retry resolves it.
-    return getattr(exc, "sqlstate", None) in {"40P01", "40001"}
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

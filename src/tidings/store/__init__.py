@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from tidings.store.base import Store
+from tidings.store.errors import PermanentDatabaseError
 from tidings.store.records import (
     Changes,
     JournalEntry,
@@ -22,6 +23,7 @@ __all__ = [
     "JournalEntry",
     "OutboxEntry",
     "OutboxRow",
+    "PermanentDatabaseError",
     "SnapshotRow",
     "StateRow",
     "Store",

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 
 from tidings.messaging.envelope import utc_now
 from tidings.store.base import Store
 from tidings.store.records import OutboxRow
 
-__all__ = ["Outbox", "OutboxStatus", "PartitionStatus"]
+__all__ = ["Outbox", "OutboxStatus", "PartitionStatus", "Replay"]
 
 _COLUMNS = (
     "id, event_id, partition, partition_key, topic, event_type, envelope, payload, attempts, created_at, "
@@ -27,8 +28,10 @@ _CAST_COLUMNS = (
 
 # What the relay needs of a claimed row: the bookkeeping times are left out, since turning
 # 2,000 timestamps per claim into datetimes cost the relay more than the claim's SQL did.
-_CLAIM_COLUMNS = "id, event_id, partition, partition_key, topic, event_type, envelope, payload, attempts"
-_CAST_CLAIM_COLUMNS = "id, event_id::text, partition, partition_key, topic, event_type, envelope::text, payload::text, attempts"
+_CLAIM_COLUMNS = "id, event_id, partition, partition_key, topic, event_type, envelope, payload, attempts, replays"
+_CAST_CLAIM_COLUMNS = (
+    "id, event_id::text, partition, partition_key, topic, event_type, envelope::text, payload::text, attempts, replays"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,33 @@ class OutboxStatus:
     oldest_age_s: float | None
     partitions: list[PartitionStatus] = field(default_factory=list)
     relays: list[tuple[str, str, float]] = field(default_factory=list)  # (relay id, partitions, heartbeat age s)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What ``Outbox.replay`` did to one row: replayed, released, pending or not found."""
+
+    id: int
+    outcome: Literal["replayed", "released", "pending", "not found"]
+    event_id: str | None = None
+    #: For a replayed row: the replay number it will be published with (1 for the first replay).
+    replay: int = 0
+    #: For a released row, the error that parked it; for a pending row waiting to retry, when and why.
+    detail: str = ""
+
+    def describe(self) -> str:
+        """One line for an operator: the row, what happened, and what happens next."""
+        if self.outcome == "replayed":
+            return (
+                f"row {self.id}: replayed — was delivered; the relay publishes event {self.event_id} again "
+                f"(replay {self.replay}); consumers that applied it skip it, those that missed it apply it"
+            )
+        if self.outcome == "released":
+            return f"row {self.id}: parked, released — the relay publishes event {self.event_id} now (it was parked: {self.detail})"
+        if self.outcome == "pending":
+            waiting = f" ({self.detail})" if self.detail else ""
+            return f"row {self.id}: still pending — not delivered yet, the relay publishes it anyway{waiting}; nothing changed"
+        return f"row {self.id}: not found — no outbox row has this id (delivered rows are pruned after the retention)"
 
 
 class Outbox:
@@ -110,14 +140,45 @@ class Outbox:
                 (error[:2000], now or utc_now(), row_id),
             )
 
-    async def replay(self, ids: Sequence[int] = (), *, parked: bool = False) -> int:
-        """Make rows publishable again (parked ones, or any by id, delivered or not); returns how many."""
-        reset = "parked_at = NULL, delivered_at = NULL, next_attempt_at = NULL, attempts = 0"
+    async def replay(self, ids: Sequence[int] = (), *, parked: bool = False) -> list[Replay]:
+        """Publish rows again: delivered ones by id, parked ones by id or all (``parked=True``); one Replay per row.
+
+        A delivered row is *replayed*: it becomes undelivered with ``replays`` one higher, so
+        de-duplicating brokers (local, NATS) store it again, under the same event id; consumers
+        that applied it skip it through their inbox, consumers that missed it apply it. A parked
+        row is *released*: it is published as it would have been, and its key flows again. A
+        row not yet delivered is left alone (*pending*: the relay publishes it anyway); an id
+        with no row (pruned after delivery, or never written) is *not found*.
+        """
+        if not parked and not ids:
+            return []
+        where = "parked_at IS NOT NULL AND delivered_at IS NULL" if parked else f"id IN ({_ints(ids)})"
+        event_id = "event_id::text" if self.store.dialect == "postgresql" else "event_id"
+        done: dict[int, Replay] = {}
+        # Each row's outcome comes from the UPDATE that changed it, so a relay marking or an
+        # operator replaying at the same time cannot make this report something that did not happen.
+        async with self.store.transaction() as tx:
+            if not parked:
+                for row_id, event, replays in await tx.fetch(
+                    "UPDATE tidings_outbox SET delivered_at = NULL, parked_at = NULL, next_attempt_at = NULL, attempts = 0, "
+                    f"replays = replays + 1 WHERE {where} AND delivered_at IS NOT NULL RETURNING id, {event_id}, replays"
+                ):
+                    done[row_id] = Replay(row_id, "replayed", event, replay=replays)
+            for row_id, event, error in await tx.fetch(
+                "UPDATE tidings_outbox SET parked_at = NULL, next_attempt_at = NULL, attempts = 0 "
+                f"WHERE {where} AND parked_at IS NOT NULL AND delivered_at IS NULL RETURNING id, {event_id}, last_error"
+            ):
+                done[row_id] = Replay(row_id, "released", event, detail=error or "")
+            rest = [row_id for row_id in ids if row_id not in done]
+            if rest:
+                for row_id, event, next_at, error in await tx.fetch(
+                    f"SELECT id, {event_id}, next_attempt_at, last_error FROM tidings_outbox WHERE id IN ({_ints(rest)})"
+                ):
+                    retry = f"retrying at {_as_datetime(next_at).isoformat(timespec='seconds')} after: {error}" if next_at else ""
+                    done[row_id] = Replay(row_id, "pending", event, detail=retry)
         if parked:
-            return await self.store.run(f"UPDATE tidings_outbox SET {reset} WHERE parked_at IS NOT NULL")
-        if not ids:
-            return 0
-        return await self.store.run(f"UPDATE tidings_outbox SET {reset} WHERE id IN ({_ints(ids)})")
+            return [done[row_id] for row_id in sorted(done)]
+        return [done.get(row_id) or Replay(int(row_id), "not found") for row_id in dict.fromkeys(ids)]
 
     async def prune(self, older_than: timedelta, *, batch: int = 5000, now: datetime | None = None) -> int:
         """Delete delivered rows older than ``older_than``, ``batch`` rows per statement; returns how many."""
@@ -184,6 +245,7 @@ def _claimed(row: tuple) -> OutboxRow:  # type: ignore[type-arg]
         envelope if type(envelope) is bytes else envelope.encode(),
         payload if type(payload) is bytes else payload.encode(),
         row[8],
+        replays=row[9],
     )
 
 

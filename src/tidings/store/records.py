@@ -89,6 +89,8 @@ class OutboxRow:
     delivered_at: datetime | None = None
     parked_at: datetime | None = None
     last_error: str | None = None
+    #: How often an operator replayed the row after delivery: brokers de-duplicate by (event id, replays).
+    replays: int = 0
 
 
 @dataclass(slots=True, frozen=True)
