@@ -17,6 +17,10 @@ confirmation awaited, many in flight), consumed with the native client's lowest-
 (NATS: a push consumer; Redis: XREADGROUP on the same streams). Latency = arrival − the moment the
 publish started. `raw` is its p99; `ratio` = raw p99 / ours p99 (1.0 = tidings adds nothing to the
 broker's own latency; lower = tidings adds more).
+
+Both run `--rounds` times, alternating which goes first, each round with the same warm-up and a
+share of the measured seconds; percentiles are over all rounds. A contender that lost a message
+fails the benchmark.
 """
 
 from __future__ import annotations
@@ -244,6 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=GOAL_RATE, help="offered commands per second (default 2000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of load (default 10)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring (default 1)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds the measured seconds are split into, ours and raw in alternating order (default 2)")
     parser.add_argument("--keys", type=int, default=5_000, help="tickers the commands spread over (default 5000)")
     parser.add_argument("--relay", choices=["process", "inline"], default="process", help="relay as a process (default) or in this one")
     parser.add_argument("--batch-size", type=int, default=500, help="relay batch size (default 500, the relay's own)")
@@ -256,8 +262,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Set up store, broker, consumer and relay; offer the load; then the raw floor on the same broker."""
-    if args.rate <= 0 or args.seconds <= 0 or args.keys < 1:
-        raise SystemExit("--rate, --seconds and --keys must be positive")
+    if args.rate <= 0 or args.seconds <= 0 or args.keys < 1 or args.rounds < 1:
+        raise SystemExit("--rate, --seconds, --keys and --rounds must be positive")
     load_before = os.getloadavg()
     run_tag = run_id()
     logs_dir = Path(tempfile.mkdtemp(prefix="tidings-bench-e2e-"))
@@ -268,9 +274,23 @@ async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         except BaseException:
             await fresh.close()
             raise
+    ours_rounds: list[dict[str, Any]] = []
+    raw_rounds: list[dict[str, Any]] = []
     try:
-        ours = await _ours(args, progress, fresh, target, run_tag, logs_dir)
-        raw = await _raw(args, progress, target, run_tag)
+        # Ours and raw alternate (raw first every other round), each round with the same warm-up and
+        # a share of the measured seconds, so a slow phase of the machine falls on both alike.
+        for round_no in range(args.rounds):
+            order = ("ours", "raw") if round_no % 2 == 0 else ("raw", "ours")
+            for contender in order:
+                if contender == "ours":
+                    ours_rounds.append(await _ours(args, progress, fresh, target, f"{run_tag}.r{round_no}", logs_dir))
+                else:
+                    raw_rounds.append(await _raw(args, progress, target, f"{run_tag}.r{round_no}"))
+        ours, raw = _combine(ours_rounds, ""), _combine(raw_rounds, "raw_")
+        # Latency of messages that never arrived cannot be measured: a contender that lost any fails.
+        for who, missing in (("ours", ours["missing"]), ("raw", raw["raw_missing"])):
+            if missing:
+                raise SystemExit(f"bench e2e: {who} lost {missing} message(s) (not received within 15 s), so its latency means nothing")
     finally:
         with progress.task("cleaning up", total=1):
             try:
@@ -303,10 +323,25 @@ async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         ),
         "consumer": "in this process, through the tidings adapter's subscribe() as a consumer group; acks as tasks",
         "raw_consumer": "NATS: native push consumer" if args.broker == "nats" else "Redis: native XREADGROUP on the same 32 streams",
+        "rounds": args.rounds,
         "load_average_before": [round(x, 2) for x in load_before],
         "versions": {"python": platform.python_version(), "psycopg": psycopg.__version__},
         "cpus": cpu_count(),
     }
+
+
+def _combine(rounds: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    """One contender's rounds as one result: percentiles over every round's latencies, counts summed."""
+    values = [v for r in rounds for v in r.pop("_values")]
+    combined: dict[str, Any] = dict(rounds[-1])
+    stats = percentiles(values)
+    combined.update({f"{prefix}{name}": value for name, value in stats.items()})
+    for name in ("missing", "late_starts", "commands", "command_failures", "delivered", "arrived_before_commit_stamp"):
+        if f"{prefix}{name}" in combined:
+            combined[f"{prefix}{name}"] = sum(r[f"{prefix}{name}"] for r in rounds)
+    rate_key = f"{prefix}achieved_rate"
+    combined[rate_key] = round(min(r[rate_key] for r in rounds), 1)
+    return combined
 
 
 async def _ours(
@@ -375,9 +410,9 @@ async def _ours(
             with progress.task("warming up", total=warm):
                 warmed = await offer(warm, args.rate, command, max_in_flight=args.max_in_flight, advance=progress.advance)
                 await wait_for_arrivals(set(warmed.done_at), arrived, 15)
-        count = int(args.rate * args.seconds)
+        count = int(args.rate * args.seconds / args.rounds)
         profiler = cProfile.Profile() if args.profile else None
-        with progress.task(f"ours: {args.rate:g} commands/s for {args.seconds:g} s", total=count):
+        with progress.task(f"ours: {args.rate:g} commands/s for {args.seconds / args.rounds:g} s", total=count):
             if profiler is not None:
                 profiler.enable()
             offered = await offer(count, args.rate, command, max_in_flight=args.max_in_flight, advance=progress.advance)
@@ -400,6 +435,7 @@ async def _ours(
     command_lat = percentiles(offered.call_latencies)
     return {
         **percentiles(values),
+        "_values": values,
         "achieved_rate": round(offered.rate, 1),
         "commands": len(offered.call_latencies),
         "command_failures": offered.failures,
@@ -415,7 +451,7 @@ async def _ours(
 
 async def _raw(args: argparse.Namespace, progress: Progress, target: Target, run_tag: str) -> dict[str, Any]:
     topic = f"bench.e2e.{run_tag}.raw"
-    warm, count = int(args.rate * args.warmup), int(args.rate * args.seconds)
+    warm, count = int(args.rate * args.warmup), int(args.rate * args.seconds / args.rounds)
     with progress.task("building raw messages", total=1):
         messages = [outgoing(e) for e in make_entries(warm + count, topic, partition_keys(args.keys), seed=3)]
     arrived: dict[str, float] = {}
@@ -435,7 +471,7 @@ async def _raw(args: argparse.Namespace, progress: Progress, target: Target, run
             with progress.task("raw: warming up", total=warm):
                 warmed = await offer(warm, args.rate, call_from(0), max_in_flight=args.max_in_flight, advance=progress.advance, stamp="before")
                 await wait_for_arrivals(set(warmed.done_at), arrived, 15)
-        with progress.task(f"raw: {args.rate:g} messages/s for {args.seconds:g} s", total=count):
+        with progress.task(f"raw: {args.rate:g} messages/s for {args.seconds / args.rounds:g} s", total=count):
             offered = await offer(count, args.rate, call_from(warm), max_in_flight=args.max_in_flight, advance=progress.advance, stamp="before")
         with progress.task("raw: waiting for the last arrivals", total=1):
             await wait_for_arrivals(set(offered.done_at), arrived, 15)
@@ -445,6 +481,7 @@ async def _raw(args: argparse.Namespace, progress: Progress, target: Target, run
     values, _ = latencies(offered.done_at, arrived)
     stats = percentiles(values)
     return {
+        "_values": values,
         "raw_p50_ms": stats["p50_ms"],
         "raw_p99_ms": stats["p99_ms"],
         "raw_max_ms": stats["max_ms"],

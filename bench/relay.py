@@ -1,5 +1,11 @@
 """Rows/s the relay delivers from a pre-filled outbox to a broker vs the same messages published with the broker's own client.
 
+Every contender (ours per batch size, raw per variant) first runs an equal, unmeasured warm-up, then
+the rows are split into `--rounds` rounds run in alternating order (reversed every other round), so
+a slow phase of the machine hits all alike. Ours' clock starts after the relay owns its partitions,
+as raw's starts after its connection and stream exist. A contender that delivered other than every
+row (counted in the outbox and, where it can tell, in the broker) fails the benchmark.
+
 `ours`: a fresh PostgreSQL schema's outbox holds `--rows` rows (default 50,000: ~500-byte JSON
 payloads, the Application's envelope, keys spread over `--keys` aggregates), copied in by SQL; an
 in-process `Relay` (default settings, `--batch-sizes` tried in turn, each on a freshly filled
@@ -58,8 +64,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default="500,1000", help="relay batch sizes to try (default 500,1000)")
     parser.add_argument("--raw-windows", default="1000,5000", help="messages in flight per raw window (default 1000,5000)")
     parser.add_argument("--database-url", default=DEFAULT_POSTGRES_URL, help="PostgreSQL server")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds the rows are split into (default 2)")
+    parser.add_argument("--warmup", type=int, default=2_000, help="rows of each contender's unmeasured warm-up (default 2000)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on a drain after this many seconds")
     parser.add_argument("--profile", metavar="FILE", help="write cProfile stats of ours' drains to FILE (slows ours)")
+
+
+def _tally() -> dict[str, Any]:
+    """A contender's sums over its measured rounds."""
+    return {"seconds": 0.0, "delivered": 0, "in_broker": 0}
+
+
+def _name(contender: tuple[str, Any]) -> str:
+    kind, detail = contender
+    return f"ours/batch {detail}" if kind == "ours" else f"raw/{detail[0]}/{detail[1]}"
+
+
+def _check(who: str, rows: int, *, delivered: int, in_broker: int | None, backlog: int = 0, failed: int = 0) -> None:
+    """Fail the benchmark when a contender did not deliver exactly ``rows`` messages (a fast wrong run proves nothing)."""
+    problems = []
+    if delivered != rows:
+        problems.append(f"delivered {delivered:,} of {rows:,}")
+    if in_broker is not None and in_broker != rows:
+        problems.append(f"the broker holds {in_broker:,}")
+    if backlog:
+        problems.append(f"{backlog:,} rows left in the outbox")
+    if failed:
+        problems.append(f"{failed:,} publishes failed")
+    if problems:
+        raise SystemExit(f"bench relay: {who} is wrong ({'; '.join(problems)}), so its rate means nothing")
 
 
 def _ints(text: str) -> list[int]:
@@ -91,8 +124,8 @@ class _Stopwatch:
 
 async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Fill, drain with the relay per batch size, publish raw per variant; all on names of this run."""
-    if args.rows < 1 or args.keys < 1:
-        raise SystemExit("--rows and --keys must be positive")
+    if args.rows < 1 or args.keys < 1 or args.rounds < 1 or args.warmup < 0:
+        raise SystemExit("--rows, --keys and --rounds must be positive, --warmup not negative")
     batch_sizes, windows = _ints(args.batch_sizes), _ints(args.raw_windows)
     load_before = os.getloadavg()
     run_tag = run_id()
@@ -125,76 +158,110 @@ async def _measure(
     windows: list[int],
 ) -> dict[str, Any]:
     keys = partition_keys(args.keys)
-    n = args.rows
     broker = await target.adapter()
     profiler = cProfile.Profile() if args.profile else None
+    per_round = max(1, args.rows // args.rounds)
+    n = per_round * args.rounds
+    contenders: list[tuple[str, Any]] = [("ours", b) for b in batch_sizes] + [("raw", vw) for vw in target.variants(windows)]
+    ours: dict[str, dict[str, Any]] = {str(b): _tally() for b in batch_sizes}
+    raw: dict[str, dict[str, Any]] = {}
+    sample: dict[str, float] = {}
+    counter = iter(range(10**9))
 
-    ours: dict[str, dict[str, Any]] = {}
-    for batch_size in batch_sizes:
-        topic = f"bench.relay.{run_tag}.b{batch_size}"
+    async def ours_round(batch_size: int, rows: int, measured: bool) -> None:
+        topic = f"bench.relay.{run_tag}.b{batch_size}.{next(counter)}"
         await target.prepare_topic(topic)
-        entries = make_entries(n, topic, keys, seed=batch_size)
-        with progress.task(f"filling the outbox ({n:,} rows)", total=n):
+        entries = make_entries(rows, topic, keys, seed=batch_size * 1000 + next(counter))
+        with progress.task(f"filling the outbox ({rows:,} rows)", total=rows):
             await fill_outbox(fresh, entries, progress.advance)
         del entries
         watch = _Stopwatch()
-        with progress.task(f"ours: relay (batch {batch_size}) → {args.broker}", total=n):
+        label = f"ours: relay (batch {batch_size}) → {args.broker}" + ("" if measured else " (warm-up)")
+        with progress.task(label, total=rows):
             relay = Relay(fresh.store, Counting(broker, progress.advance), batch_size=batch_size)  # type: ignore[arg-type]
+            # Owning the partitions is start-up, not relaying: done before the clock starts, as raw's
+            # connection and stream set-up are.
+            await relay._maybe_rebalance(force=True)
             # Instrumented from outside: three timers per batch, nothing inside the relay changes.
             relay.outbox.claim = watch.wrap("claim", relay.outbox.claim)  # type: ignore[method-assign]
             relay.outbox.mark_delivered = watch.wrap("mark", relay.outbox.mark_delivered)  # type: ignore[method-assign]
             relay.broker.publish = watch.wrap("publish", relay.broker.publish)  # type: ignore[method-assign]
-            if profiler is not None:
+            if profiler is not None and measured:
                 profiler.enable()
             start = time.perf_counter()
             await relay.drain(timeout=args.timeout)
             seconds = time.perf_counter() - start
-            if profiler is not None:
+            if profiler is not None and measured:
                 profiler.disable()
         delivered = int(await fresh.scalar("SELECT count(*) FROM tidings_outbox WHERE delivered_at IS NOT NULL"))
         stored = await target.stored(topic)
-        spent = {f"{label}_s": round(value, 3) for label, value in watch.spent.items()}
-        ours[str(batch_size)] = {
-            "rows_per_s": round(delivered / seconds, 1),
-            "seconds": round(seconds, 3),
-            "delivered": delivered,
-            "backlog_after": await fresh.backlog(),
-            "in_broker": stored,
-            **spent,
-            "other_s": round(seconds - sum(watch.spent.values()), 3),
-        }
+        # A contender that lost or doubled messages has no rate worth printing: the benchmark fails.
+        _check(f"ours (batch {batch_size})", rows, delivered=delivered, in_broker=stored, backlog=await fresh.backlog())
         await target.drop_topic(topic)
         await fresh.store.run("TRUNCATE tidings_outbox")
+        if measured:
+            tally = ours[str(batch_size)]
+            tally["seconds"] += seconds
+            tally["delivered"] += delivered
+            tally["in_broker"] = (tally["in_broker"] or 0) + (stored or 0) if stored is not None else None
+            for key, value in watch.spent.items():
+                tally[f"{key}_s"] = tally.get(f"{key}_s", 0.0) + value
+
+    async def raw_round(variant: str, window: int, rows: int, measured: bool) -> None:
+        topic = f"bench.relay.{run_tag}.raw.{next(counter)}"
+        await target.prepare_topic(topic)
+        with progress.task(f"building {rows:,} raw messages", total=1):
+            entries = make_entries(rows, topic, keys, seed=next(counter))
+            messages = [outgoing(e) for e in entries]
+        if not sample and measured:
+            sample.update({
+                "payload_bytes": round(sum(len(e.payload) for e in entries) / rows, 1),
+                "envelope_bytes": round(sum(len(e.envelope) for e in entries) / rows, 1),
+                "headers_per_message": round(sum(len(m.headers) for m in messages) / rows, 1),
+            })  # fmt: skip
+        del entries
+        label = f"raw: {args.broker} {variant}, window {window}" + ("" if measured else " (warm-up)")
+        with progress.task(label, total=rows):
+            result = await target.raw_publish(messages, variant, window, progress.advance)
+        stored = await target.stored(topic)
+        _check(f"raw ({result.variant})", rows, delivered=result.confirmed, in_broker=stored, failed=result.failed)
+        del messages
+        await target.drop_topic(topic)
+        if measured:
+            tally = raw.setdefault(result.variant, _tally())
+            tally["seconds"] += result.seconds
+            tally["delivered"] += result.confirmed
+            tally["in_broker"] = (tally["in_broker"] or 0) + (stored or 0) if stored is not None else None
+
+    async def one(contender: tuple[str, Any], rows: int, measured: bool) -> None:
+        kind, detail = contender
+        if kind == "ours":
+            await ours_round(detail, rows, measured)
+        else:
+            await raw_round(detail[0], detail[1], rows, measured)
+
+    # Equal warm-up for every contender, then rounds in alternating order (reversed every other
+    # round), so a slow phase of the machine falls on all of them alike.
+    warmup = min(per_round, max(1, args.warmup))
+    for contender in contenders:
+        await one(contender, warmup, measured=False)
+    for round_index in range(args.rounds):
+        order = contenders if round_index % 2 == 0 else list(reversed(contenders))
+        progress.log(f"round {round_index + 1}/{args.rounds}: {', '.join(_name(c) for c in order)}")
+        for contender in order:
+            await one(contender, per_round, measured=True)
     if profiler is not None:
         profiler.dump_stats(args.profile)
         progress.log(f"cProfile stats of ours written to {args.profile}")
-
-    raw: dict[str, dict[str, Any]] = {}
-    sample: dict[str, float] = {}
-    for i, (variant, window) in enumerate(target.variants(windows)):
-        topic = f"bench.relay.{run_tag}.raw{i}"
-        await target.prepare_topic(topic)
-        with progress.task(f"building {n:,} raw messages", total=1):
-            entries = make_entries(n, topic, keys, seed=1000 + i)
-            messages = [outgoing(e) for e in entries]
-        if not sample:
-            sample = {
-                "payload_bytes": round(sum(len(e.payload) for e in entries) / n, 1),
-                "envelope_bytes": round(sum(len(e.envelope) for e in entries) / n, 1),
-                "headers_per_message": round(sum(len(m.headers) for m in messages) / n, 1),
-            }
-        del entries
-        with progress.task(f"raw: {args.broker} {variant}, window {window}", total=n):
-            result = await target.raw_publish(messages, variant, window, progress.advance)
-        raw[result.variant] = {
-            "rows_per_s": round(result.rate, 1),
-            "seconds": round(result.seconds, 3),
-            "confirmed": result.confirmed,
-            "failed": result.failed,
-            "in_broker": await target.stored(topic),
-        }
-        del messages
-        await target.drop_topic(topic)
+    for tally in (*ours.values(), *raw.values()):
+        tally["rows_per_s"] = round(tally["delivered"] / tally["seconds"], 1) if tally["seconds"] else 0.0
+        tally["seconds"] = round(tally["seconds"], 3)
+        phases = ("claim_s", "publish_s", "mark_s")
+        if any(k in tally for k in phases):
+            spent = sum(tally.get(k, 0.0) for k in phases)
+            for key in phases:
+                tally[key] = round(tally.get(key, 0.0), 3)
+            tally["other_s"] = round(tally["seconds"] - spent, 3)
 
     best_batch = max(ours, key=lambda b: ours[b]["rows_per_s"])
     best_raw = max(raw, key=lambda v: raw[v]["rows_per_s"])
@@ -210,6 +277,8 @@ async def _measure(
         "broker": args.broker,
         "store": args.store,
         "rows": n,
+        "rounds": args.rounds,
+        "warmup_rows": warmup,
         "keys": args.keys,
         "best_batch_size": int(best_batch),
         "best_raw_variant": best_raw,

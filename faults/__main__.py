@@ -1,9 +1,13 @@
 """``python -m faults SCENARIO``: run one scenario and print its figures (one JSON line last on stdout).
 
 Scenarios: crash-writer, crash-relay, crash-consumer (kill -9 and start again), broker-restart (a
-private NATS, RabbitMQ or Redis server stopped and started), db-restart (a private PostgreSQL
-cluster restarted fast or immediate), duplicate-and-reorder (deliveries shuffled across keys and
-some delivered twice), poison (bad messages at the broker, bad commands through the API).
+private NATS, RabbitMQ, Redis or Kafka-compatible server stopped with SIGTERM or killed with SIGKILL,
+then started), db-restart (a private PostgreSQL cluster restarted fast or immediate), duplicate-and-reorder
+(deliveries shuffled across keys and some delivered twice), poison (bad messages at the broker, bad
+commands through the API).
+
+The exit status is 1 when an invariant broke, and also when the run tested nothing: no command
+committed, no fault fired, or a commit nobody sent (``unintended``).
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seeds the fault plan: the same seed, the same plan")
     parser.add_argument("--scale", type=float, default=1.0, help="the short form's workload duration times this")
     parser.add_argument("--long", action="store_true", help="minutes of workload and thousands of commands")
-    parser.add_argument("--broker", choices=("nats", "rabbitmq", "redis"), default="nats")
+    parser.add_argument("--broker", choices=("nats", "rabbitmq", "redis", "kafka", "local"), default="nats",
+                        help="kafka is a private Kafka-compatible server (noida-db); local is the store's own log")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line (always the last stdout line)")
     parser.add_argument("--plan", action="store_true", help="print the fault plan and exit without running it")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory and schema for inspection")
     args = parser.parse_args(argv)
 
+    if args.broker == "local" and args.scenario == "broker-restart":
+        parser.error("the local broker is the database's own log: it has no server to restart (use db-restart)")
     plan = make_plan(args.scenario, args.seed, args.scale, args.long)
     if args.plan:
         print(json.dumps(plan.as_dict()))
@@ -40,12 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name, value in result.items():
             print(f"{name:>18}: {value}")
-    held = (
-        result["lost"] == result["phantom"] == result["duplicate_effects"] == result["order_violations"] == 0
-        and result["parked"] + result["refused"] == result["poison_injected"]
-        and result["died"] == 0
-    )
-    return 0 if held else 1
+    return 0 if held(result) else 1
+
+
+def held(result: dict[str, object]) -> bool:
+    """Every invariant held AND the run tested something: commands committed, faults fired, nothing unintended."""
+    failures = verdict(result)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return not failures
+
+
+def verdict(result: dict[str, object]) -> list[str]:
+    """What makes a run fail, in words; an empty list means it passed."""
+    failures = [f"{name} = {result[name]}" for name in ("lost", "phantom", "duplicate_effects", "order_violations", "died", "unintended")
+                if result[name] != 0]  # fmt: skip
+    if result["parked"] + result["refused"] != result["poison_injected"]:  # type: ignore[operator]
+        failures.append(f"poison injected {result['poison_injected']}, parked {result['parked']} + refused {result['refused']}")
+    if result["commands"] == 0:
+        failures.append("no command committed: the run tested nothing")
+    if result["faults_fired"] == 0:
+        failures.append("no fault fired: the run tested nothing")
+    return failures
 
 
 if __name__ == "__main__":

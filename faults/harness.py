@@ -64,6 +64,10 @@ class Run:
     workers: dict[tuple[str, int], Worker] = field(default_factory=dict)
     kills: int = 0
     restarts: int = 0
+    #: Faults that really happened (a kill of a worker already down does not count).
+    faults_fired: int = 0
+    #: Server restarts that were crashes: a broker SIGKILLed, PostgreSQL restarted ``-m immediate``.
+    server_kills: int = 0
     died: list[str] = field(default_factory=list)
     refused: int = 0
     poison_injected: int = 0
@@ -247,6 +251,10 @@ class Run:
             "commands": figures.commands,
             "kills": self.kills,
             "lost": figures.lost,
+            "confirmed": figures.confirmed,
+            "confirmed_missing": figures.confirmed_missing,
+            "faults_fired": self.faults_fired + (figures.redeliveries if plan.chaos_seed is not None else 0),
+            "server_kills": self.server_kills,
             "phantom": figures.phantom,
             "duplicate_effects": figures.duplicate_effects,
             "order_violations": figures.order_violations,
@@ -299,22 +307,30 @@ class Run:
             role = fault.action.removeprefix("kill-")
             pid = self.workers[(role, fault.target)].process.pid
             if self.kill(role, fault.target):
+                self.faults_fired += 1
                 say(f"t={now:.1f}s kill -9 {role}-{fault.target} (pid {pid}); started again in {fault.pause:g} s")
                 restarts.append((now + fault.pause, role, fault.target))
             else:
                 say(f"t={now:.1f}s {role}-{fault.target} is still down from the last kill; nothing to kill")
         elif fault.action == "restart-broker":
-            say(f"t={now:.1f}s stopping the {self.broker_name} server for {fault.pause:g} s")
-            await self.broker.stop()
+            kill = fault.detail == "kill" and self.broker.survives_kill
+            if fault.detail == "kill" and not kill:
+                say(f"t={now:.1f}s the {self.broker_name} server keeps what it confirmed only across a graceful stop: SIGTERM, not SIGKILL")
+            say(f"t={now:.1f}s {'killing (SIGKILL)' if kill else 'stopping (SIGTERM)'} the {self.broker_name} server for {fault.pause:g} s")
+            await self.broker.stop(kill=kill)
             await asyncio.sleep(fault.pause)
             await self.broker.start()
             self.restarts += 1
+            self.server_kills += kill
+            self.faults_fired += 1
             say(f"{self.broker_name} is back")
         elif fault.action == "restart-database":
             assert self.cluster is not None
             say(f"t={now:.1f}s pg_ctl restart -m {fault.detail}")
             await self.cluster.restart(fault.detail)
             self.restarts += 1
+            self.faults_fired += 1
+            self.server_kills += fault.detail == "immediate"
             say("PostgreSQL is back")
         elif fault.action == "poison-broker":
             async with poison.publisher(self.broker.url) as publisher:
@@ -322,8 +338,10 @@ class Run:
             self.poison_ids.add(event_id)
             self.poison_keys.add(key)
             self.poison_injected += 1
+            self.faults_fired += 1
         elif fault.action == "poison-api":
             self.poison_injected += 1
+            self.faults_fired += 1
             refusal = await poison.through_api(self.store, fault.detail)
             if refusal is not None:
                 self.refused += 1

@@ -61,6 +61,9 @@ class Figures:
 
     commands: int = 0
     attempted: int = 0
+    #: Commands a writer was told committed (``ok`` lines), and those of them absent from the journal.
+    confirmed: int = 0
+    confirmed_missing: int = 0
     lost: int = 0
     phantom: int = 0
     duplicate_effects: int = 0
@@ -90,6 +93,14 @@ async def compute(
     outbox = await committed(store)
     journal = {str(c) for (c,) in await store.fetch("SELECT payload->>'cmd_id' FROM tidings_journal WHERE event_type = 'Ticked'")}
     figures.commands = len(journal)
+    # A commit acknowledged to its caller must be in the journal: a database that confirmed and then
+    # forgot (a crash before the WAL reached disk) loses exactly these, and nothing else would count them.
+    figures.confirmed = len(intents.confirmed)
+    missing = intents.confirmed - journal
+    figures.confirmed_missing = len(missing)
+    figures.lost += len(missing)
+    if missing:
+        figures.details.append(f"{len(missing)} confirmed command(s) missing from the journal, e.g. {sorted(missing)[:5]}")
     outbox_cmds = {row[0] for row in outbox}
     if outbox_cmds != journal:
         # Journal and outbox are written in one transaction: a difference is a broken unit of work.
@@ -141,7 +152,11 @@ async def compute(
     dead = await store.fetch(
         "SELECT event_id, partition_key, reason, error, status FROM tidings_dead_letters WHERE consumer = ?", (CONSUMER,)
     )
-    figures.parked = sum(1 for event_id, _, reason, error, status in dead if status == "dead" and reason and error)
+    # Only the poison the harness injected counts as parked: a workload message dead-lettered must not
+    # stand in for a poison message that was never parked.
+    figures.parked = sum(
+        1 for event_id, _, reason, error, status in dead if status == "dead" and reason and error and str(event_id) in poison_ids
+    )
     stray = [(str(e), str(k), str(s)) for e, k, _, _, s in dead if str(e) not in poison_ids and str(k) not in poison_keys]
     if stray:
         figures.details.append(f"workload messages dead-lettered: {stray[:5]}")

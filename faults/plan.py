@@ -74,6 +74,23 @@ def shape_for(scenario: str, scale: float, long: bool) -> Shape:
                  consumers=consumers, shards=consumers)  # fmt: skip
 
 
+#: The harshest fault of each scenario with server faults, as (action, detail): every plan has it at least once.
+HARSHEST = {"broker-restart": ("restart-broker", "kill"), "db-restart": ("restart-database", "immediate")}
+
+
+def _with_harshest(scenario: str, faults: list[Fault], rng: random.Random) -> list[Fault]:
+    """Make sure a short plan cannot leave out its scenario's harshest fault (a short run draws only a few)."""
+    if scenario not in HARSHEST or not faults:
+        return faults
+    action, detail = HARSHEST[scenario]
+    if any(f.action == action and f.detail == detail for f in faults):
+        return faults
+    index = rng.randrange(len(faults))
+    victim = faults[index]
+    faults[index] = Fault(victim.at, victim.action, victim.target, victim.pause, detail)
+    return faults
+
+
 def make_plan(scenario: str, seed: int, scale: float = 1.0, long: bool = False) -> Plan:
     """The plan for ``scenario``: every random choice comes from ``random.Random(seed)``, in a fixed order."""
     if scenario not in SCENARIOS:
@@ -94,8 +111,10 @@ def make_plan(scenario: str, seed: int, scale: float = 1.0, long: bool = False) 
         for at in moments(max(3, int(span / 2.5))):
             faults.append(Fault(at, f"kill-{role}", rng.randrange(count), round(rng.uniform(0.1, 1.5), 3)))
     elif scenario == "broker-restart":
+        # "kill" is a SIGKILL of the server (no flush), "term" a graceful stop; the harness downgrades a
+        # kill to a stop for a server that promises durability only across a graceful stop (servers.py).
         for at in moments(max(2, int(span / 6))):
-            faults.append(Fault(at, "restart-broker", 0, round(rng.uniform(0.2, 2.0), 3)))
+            faults.append(Fault(at, "restart-broker", 0, round(rng.uniform(0.2, 2.0), 3), rng.choice(("term", "kill"))))
     elif scenario == "db-restart":
         for at in moments(max(2, int(span / 6))):
             faults.append(Fault(at, "restart-database", 0, 0.0, rng.choice(("fast", "immediate"))))
@@ -108,4 +127,5 @@ def make_plan(scenario: str, seed: int, scale: float = 1.0, long: bool = False) 
             for where, kind in kinds:
                 faults.append(Fault(round(rng.uniform(0.1 * span, 0.9 * span), 3), f"poison-{where}", 0, 0.0, kind))
         faults.sort(key=lambda fault: fault.at)
+    faults = _with_harshest(scenario, faults, rng)
     return Plan(scenario, seed, shape, tuple(faults), chaos_seed)

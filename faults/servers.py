@@ -1,4 +1,4 @@
-"""Private servers the harness starts, restarts and stops: PostgreSQL, NATS, Redis and RabbitMQ.
+"""Private servers the harness starts, restarts and stops: PostgreSQL, NATS, Redis, RabbitMQ and a Kafka-compatible one.
 
 Nothing shared on this machine is ever restarted: each server here runs from the installed
 binaries on a free port with its data in the run's own directory, and goes when the run ends.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import importlib.util
 import os
 import shutil
 import signal
@@ -49,10 +50,12 @@ class BrokerServer(Protocol):
 
     name: str
     url: str
+    #: Whether what the server confirmed survives a kill -9 of its process (so the plan may kill it).
+    survives_kill: bool
 
     async def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self, kill: bool = False) -> None: ...
 
     async def restart(self) -> None: ...
 
@@ -62,6 +65,7 @@ class _ProcessServer:
 
     name = ""
     url = ""
+    survives_kill = True
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -81,9 +85,14 @@ class _ProcessServer:
     async def ready(self) -> None:
         """Wait until the server answers requests, not only connections."""
 
-    async def stop(self) -> None:
+    async def stop(self, kill: bool = False) -> None:
+        """SIGTERM (the server flushes and exits), or with ``kill`` a SIGKILL: no flush, no goodbye."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
+            return
+        if kill:
+            process.kill()
+            await asyncio.to_thread(process.wait, 5)
             return
         process.terminate()
         try:
@@ -98,7 +107,12 @@ class _ProcessServer:
 
 
 class NatsServer(_ProcessServer):
-    """nats-server with JetStream and a file store in the run's directory."""
+    """nats-server with JetStream and a file store in the run's directory.
+
+    JetStream confirms a publish once the message is written to its store file, which the kernel
+    keeps across a kill -9 of the process (only a machine crash needs fsync): a SIGKILL must lose
+    nothing it confirmed.
+    """
 
     name = "nats"
 
@@ -133,7 +147,7 @@ class NatsServer(_ProcessServer):
 
 
 class RedisServer(_ProcessServer):
-    """redis-server with an fsynced append-only file, so what it confirmed survives a restart."""
+    """redis-server with an fsynced append-only file (``appendfsync always``), so what it confirmed survives a kill -9."""
 
     name = "redis"
 
@@ -166,7 +180,11 @@ class RedisServer(_ProcessServer):
 
 
 class RabbitMQServer(_ProcessServer):
-    """A RabbitMQ node of our own (own node name, ports, data directory), stopped gracefully by SIGTERM."""
+    """A RabbitMQ node of our own (own node name, ports, data directory), stopped by SIGTERM or killed by SIGKILL.
+
+    tidings' groups are quorum queues and the relay publishes with confirms, which a quorum queue
+    sends only once the message is in its (fsynced) log: a SIGKILL of the node must lose nothing confirmed.
+    """
 
     name = "rabbitmq"
 
@@ -226,9 +244,14 @@ class RabbitMQServer(_ProcessServer):
                     raise
                 await asyncio.sleep(0.2)
 
-    async def stop(self) -> None:
+    async def stop(self, kill: bool = False) -> None:
+        """SIGTERM to the node's process group (a graceful stop), or with ``kill`` SIGKILL to all of it."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
+            return
+        if kill:
+            os.killpg(process.pid, signal.SIGKILL)
+            await asyncio.to_thread(process.wait, 5)
             return
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -242,9 +265,54 @@ class RabbitMQServer(_ProcessServer):
             pass
 
 
+class KafkaServer(_ProcessServer):
+    """A private noida-db serving the Kafka wire protocol (Kafka-compatible, not Apache Kafka: one node, its own storage).
+
+    It survives only a graceful stop: it writes its state about a second after a change and on
+    SIGTERM, not before it confirms a produce, so a kill -9 loses the last second of confirmed
+    messages. The harness therefore never SIGKILLs it (``survives_kill`` is False).
+    """
+
+    name = "kafka"
+    survives_kill = False
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.url = f"kafka://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        spec = importlib.util.find_spec("noida_db")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("the Kafka-compatible test broker is not installed: pip install -e '.[dev]' (noida-db)")
+        binary = Path(next(iter(spec.submodule_search_locations))) / "noida-db"
+        if not os.access(binary, os.X_OK):
+            binary.chmod(0o755)  # what the package's own wrapper does before running it
+        return [str(binary), "start", "--only", "kafka", "--kafka-port", str(self.port), "--host", "127.0.0.1",
+                "--data-dir", str(self.root / "data")]  # fmt: skip
+
+
+class LocalServer:
+    """The local broker: the store's own durable log, so there is no server to stop; a restart is a no-op."""
+
+    name = "local"
+    url = "local:"
+    survives_kill = True
+
+    async def start(self) -> None:
+        """Nothing to start: the log lives in the database."""
+
+    async def stop(self, kill: bool = False) -> None:
+        """Nothing to stop."""
+
+    async def restart(self) -> None:
+        """Nothing to restart."""
+
+
 def broker_server(name: str, root: Path) -> BrokerServer:
-    """A private server of broker ``name`` (nats, redis or rabbitmq) under ``root``."""
-    servers = {"nats": NatsServer, "redis": RedisServer, "rabbitmq": RabbitMQServer}
+    """A private server of broker ``name`` (nats, redis, rabbitmq, kafka or local) under ``root``."""
+    if name == "local":
+        return LocalServer()
+    servers: dict[str, type[_ProcessServer]] = {"nats": NatsServer, "redis": RedisServer, "rabbitmq": RabbitMQServer, "kafka": KafkaServer}
     if name not in servers:
         raise ValueError(f"unknown broker {name!r}; choose one of {', '.join(servers)}")
     return servers[name](root / name)

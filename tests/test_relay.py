@@ -201,7 +201,11 @@ async def test_a_running_relay_wakes_on_commit_not_on_its_poll_interval(store: S
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
-        await asyncio.sleep(0.3)  # let it take its partitions and go idle
+        # Wait until it owns its partitions and is waiting for a commit (observably, not by a guess)
+        deadline = time.monotonic() + 10
+        while not relay.waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert relay.waiting and relay.owned, "the relay never went idle"
 
         # When a command commits
         await app.handle(Tick(ticker_id="wake"))

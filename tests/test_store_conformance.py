@@ -433,7 +433,13 @@ async def test_other_tasks_never_see_or_join_an_open_transaction(store: Store) -
     # While the transaction is open, another task writes and reads
     outside = asyncio.create_task(store.run(_INBOX, ("billing", "outside")))
     seen = asyncio.create_task(store.fetch("SELECT event_id FROM tidings_inbox ORDER BY event_id"))
-    await asyncio.sleep(0.05)
+    # PostgreSQL serves them on other connections beside the open transaction: they finish while it is
+    # open. SQLite has one connection: they queue behind the transaction until it ends.
+    done, _ = await asyncio.wait({outside, seen}, timeout=5 if store.dialect == "postgresql" else 0.5)
+    if store.dialect == "postgresql":
+        assert done == {outside, seen}, "a write or read outside the open transaction waited for it"
+    else:
+        assert not done, "a write or read ran on SQLite's one connection while a transaction was open on it"
     release.set()
     await task
     await outside

@@ -16,8 +16,11 @@ class BrokerServer(Protocol):
         """A new, connected client of this server (each call a separate connection, like a separate process)."""
         ...
 
-    async def restart(self) -> None:
-        """Stop the server and start it again; what it confirmed must survive."""
+    async def restart(self, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill``) and start it again; what it confirmed must survive.
+
+        ``kill`` is asked only of servers whose module sets ``SURVIVES_KILL = True``.
+        """
         ...
 
     async def close(self) -> None:

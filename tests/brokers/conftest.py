@@ -20,11 +20,24 @@ HERE = Path(__file__).parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 SERVERS = sorted(p.stem.removeprefix("server_") for p in HERE.glob("server_*.py"))
+#: The servers that promise to keep what they confirmed across a kill -9 (each module's ``SURVIVES_KILL``).
+DURABLE_SERVERS = [name for name in SERVERS if getattr(importlib.import_module(f"server_{name}"), "SURVIVES_KILL", False)]
 
 
 @pytest.fixture(params=SERVERS)
 async def broker_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BrokerServer]:
     """A running broker server of each kind (the conformance parameter)."""
+    module = importlib.import_module(f"server_{request.param}")
+    server: BrokerServer = await module.start(tmp_path)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture(params=DURABLE_SERVERS)
+async def durable_broker_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BrokerServer]:
+    """A running broker server of each kind that promises to survive a kill -9 with what it confirmed."""
     module = importlib.import_module(f"server_{request.param}")
     server: BrokerServer = await module.start(tmp_path)
     try:

@@ -8,6 +8,10 @@ from tidings.brokers.local import LocalBroker
 from tidings.store import Store, open_store
 
 
+#: The log is the database file: what a commit confirmed is on disk before the commit returns.
+SURVIVES_KILL = True
+
+
 class LocalServer:
     """The local broker's 'server' is the store file itself."""
 
@@ -24,7 +28,9 @@ class LocalServer:
         await broker.connect()
         return broker
 
-    async def restart(self) -> None:
+    async def restart(self, kill: bool = False) -> None:
+        # A "kill" of the local broker is its clients dropping their connections without a goodbye,
+        # which closing them is, as far as the SQLite file can tell: its commits are already on disk.
         for store in self._stores:
             await store.close()
         self._stores.clear()

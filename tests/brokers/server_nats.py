@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: Bound on every wait for the server to come up or go down.
 STARTUP_TIMEOUT = 15.0
+#: JetStream confirms once the message is written to its store file, which the kernel keeps across a kill -9.
+SURVIVES_KILL = True
 #: Short ack wait: a dead member's messages come back within seconds, so the crash test stays quick.
 ACK_WAIT = 3.0
 
@@ -105,10 +107,14 @@ class NatsServer:
         log_tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
         raise RuntimeError(f"nats-server on port {self.port} did not become ready ({last_error!r}); log:\n{log_tail}")
 
-    async def stop(self) -> None:
-        """Terminate the server (SIGTERM lets JetStream flush its store), killing it if it hangs."""
+    async def stop(self, kill: bool = False) -> None:
+        """Terminate the server (SIGTERM lets JetStream flush its store), killing it if it hangs; ``kill``: SIGKILL at once."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
+            return
+        if kill:
+            process.kill()
+            await asyncio.to_thread(process.wait, STARTUP_TIMEOUT)
             return
         process.terminate()
         try:
@@ -126,9 +132,9 @@ class NatsServer:
         self._brokers.append(broker)
         return broker
 
-    async def restart(self) -> None:
-        """Stop the process and start a new one on the same port and store directory."""
-        await self.stop()
+    async def restart(self, kill: bool = False) -> None:
+        """Stop (or SIGKILL) the process and start a new one on the same port and store directory."""
+        await self.stop(kill)
         await self.start()
 
     async def close(self) -> None:

@@ -18,6 +18,9 @@ from support import unavailable
 
 from tidings.brokers.redis import RedisBroker
 
+#: The private server runs with appendfsync always: what it confirmed is on disk before the reply.
+SURVIVES_KILL = True
+
 
 
 def _free_port() -> int:
@@ -69,8 +72,12 @@ class RedisServer:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"redis-server on port {self.port} did not answer within 10 s")
 
-    async def stop(self) -> None:
+    async def stop(self, kill: bool = False) -> None:
         if self._process is None or self._process.returncode is not None:
+            return
+        if kill:  # no flush: what survives is what appendfsync always put on disk before confirming
+            self._process.kill()
+            await self._process.wait()
             return
         # SIGTERM makes Redis fsync the append-only file and exit; kill it if it takes too long.
         self._process.terminate()
@@ -87,8 +94,8 @@ class RedisServer:
         self._brokers.append(broker)
         return broker
 
-    async def restart(self) -> None:
-        await self.stop()
+    async def restart(self, kill: bool = False) -> None:
+        await self.stop(kill)
         await self.start()
 
     async def close(self) -> None:

@@ -95,6 +95,8 @@ class Relay:
         self.ownership: Ownership = ownership_for(store, self.relay_id, partitions)
         self.owned: frozenset[int] = frozenset()
         self._state = "starting"
+        #: True while the relay has nothing ready and waits for a commit (or its poll interval).
+        self.waiting = False
         self._down_since = 0
         self._last_rebalance = 0.0
         self._last_prune = 0.0
@@ -323,6 +325,7 @@ class Relay:
 
     async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
         """Wait for a commit that wrote outbox rows, for ``stop``, or for ``seconds``, whichever is first."""
+        self.waiting = True
         waiters = {
             asyncio.ensure_future(self.ownership.wait_for_outbox(seconds, self._ready)),
             asyncio.ensure_future(stop.wait()),
@@ -330,6 +333,7 @@ class Relay:
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.waiting = False
             for waiter in waiters:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)

@@ -1,0 +1,26 @@
+"""The benchmarks refuse to print a rate for a contender that lost or doubled messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.consume import check_counts
+from bench.relay import _check
+
+
+def test_a_relay_contender_that_delivered_fewer_rows_than_it_was_given_fails_the_benchmark() -> None:
+    _check("ours", 100, delivered=100, in_broker=100)  # right: passes
+    with pytest.raises(SystemExit, match="delivered 99 of 100"):
+        _check("ours", 100, delivered=99, in_broker=99)
+    with pytest.raises(SystemExit, match="the broker holds 101"):
+        _check("raw", 100, delivered=100, in_broker=101)
+    with pytest.raises(SystemExit, match="3 rows left in the outbox"):
+        _check("ours", 100, delivered=100, in_broker=None, backlog=3)
+
+
+def test_a_consume_contender_that_applied_a_message_twice_or_not_at_all_fails_the_benchmark() -> None:
+    check_counts("ours", 50, effects=50, inbox=50)  # right: passes
+    with pytest.raises(SystemExit, match="51 effect rows"):
+        check_counts("raw", 50, effects=51, inbox=50)
+    with pytest.raises(SystemExit, match="49 inbox rows"):
+        check_counts("ours", 50, effects=50, inbox=49)
