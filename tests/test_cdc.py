@@ -140,7 +140,7 @@ async def test_a_crash_between_the_outbox_commit_and_the_slot_advance_re_reads_a
         # Given a transaction whose events and checkpoint committed, but the slot was never advanced
         await legacy(database, "INSERT INTO legacy_orders VALUES ('o1', 'P', '1', NULL)", "UPDATE legacy_orders SET status = 'A' WHERE id = 'o1'")
         [tx] = await runner.reader.peek()
-        await runner._commit(tx)  # the crash comes right after this commit, before advance()
+        await runner._commit([tx])  # the crash comes right after this commit, before advance()
         assert len(await outbox(store)) == 1
 
         # When a new runner (a restarted process) reads the slot, which still holds that transaction

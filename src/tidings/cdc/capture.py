@@ -3,7 +3,8 @@
 A :class:`ChangeCapture` holds the anti-corruption translators, one per captured table. A
 :class:`CdcRunner` reads whole source transactions from the slot, translates every change of one,
 and commits its integration events to the outbox TOGETHER WITH the checkpoint (the transaction's
-end LSN) and any dead letters, in one store transaction; only then is the slot advanced. On restart
+end LSN) and any dead letters, in one store transaction (the whole transactions of one read go
+together); only then is the slot advanced. On restart
 a transaction at or below the checkpoint is skipped, so the slot lagging after a crash means
 re-reading, never a duplicate and never a gap (docs/decisions/0021).
 """
@@ -132,6 +133,9 @@ class CdcRunner:
         self.on_commit = on_commit
         self.transactions = 0
         self.skipped = 0
+        # This runner is its slot's only writer: the checkpoint is read once, then kept here.
+        self._done: int | None = None
+        self._idle = True
 
     async def checkpoint(self) -> CdcCheckpoint | None:
         """The last committed checkpoint of this runner's slot, or None before the first transaction."""
@@ -148,25 +152,29 @@ class CdcRunner:
         heartbeat): an idle or filtered slot must not pin WAL, and nothing committed at or before
         that position is pending, so nothing is skipped.
         """
-        upto = await self.reader.current_lsn()
+        # The WAL position is read before the peek only when the last read was empty: then an empty
+        # peek up to it proves nothing committed before it is pending, and the slot may move there.
+        upto = await self.reader.current_lsn() if self._idle else None
         found = await self.reader.peek(self.max_changes, upto_lsn=upto)
-        saved = await self.checkpoint()
-        done = saved.lsn if saved else 0
-        committed = 0
-        last_end = 0
-        for tx in found:
-            last_end = tx.end_lsn
-            if tx.end_lsn <= done:
-                # Committed downstream before a crash that came before the slot's advance: skip it.
-                self.skipped += 1
-                continue
-            await self._commit(tx)
-            committed += 1
+        if self._done is None:
+            saved = await self.checkpoint()
+            self._done = saved.lsn if saved else 0
+        # Committed downstream before a crash that came before the slot's advance: skip those.
+        fresh = [tx for tx in found if tx.end_lsn > self._done]
+        self.skipped += len(found) - len(fresh)
+        if fresh:
+            await self._commit(fresh)
             if self.on_commit is not None:
-                self.on_commit(tx)
-        await self.reader.advance(last_end if found else upto)
-        self.transactions += committed
-        return committed
+                for tx in fresh:
+                    self.on_commit(tx)
+        if found:
+            self._done = max(self._done, found[-1].end_lsn)
+            await self.reader.advance(found[-1].end_lsn, checked=False)
+        elif upto is not None:
+            await self.reader.advance(upto)
+        self._idle = not found
+        self.transactions += len(fresh)
+        return len(fresh)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Capture until ``stop`` is set: read, commit, advance; wait ``poll_interval`` when the slot is empty."""
@@ -221,8 +229,15 @@ class CdcRunner:
                 outcome.dead.append((change, "translator failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return outcome
 
-    async def _commit(self, tx: SourceTransaction) -> None:
-        outcome = self.translate(tx)
+    async def _commit(self, transactions: list[SourceTransaction]) -> None:
+        """Whole source transactions, in commit order, with the last one's end LSN as checkpoint: one store transaction."""
+        outcome = _Outcome([], [], 0)
+        for tx in transactions:
+            one = self.translate(tx)
+            outcome.entries.extend(one.entries)
+            outcome.dead.extend(one.dead)
+            outcome.dropped += one.dropped
+        tx = transactions[-1]
         slot = self.reader.slot
         async with self.store.transaction() as t:
             if outcome.entries:

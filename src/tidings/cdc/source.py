@@ -207,11 +207,16 @@ class SlotReader:
                 begin = None
         return found
 
-    async def advance(self, lsn: int) -> None:
-        """Move the slot to ``lsn`` (never backwards: a position at or behind the slot's is left as it is)."""
-        confirmed = await self._rows("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
-        if confirmed and confirmed[0][0] and parse_lsn(confirmed[0][0]) >= lsn:
-            return
+    async def advance(self, lsn: int, *, checked: bool = True) -> None:
+        """Move the slot to ``lsn`` (never backwards: a position at or behind the slot's is left as it is).
+
+        ``checked=False`` skips reading the slot's position first, for a caller that knows ``lsn`` is
+        ahead of it (the end of a transaction just read from it).
+        """
+        if checked:
+            confirmed = await self._rows("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
+            if confirmed and confirmed[0][0] and parse_lsn(confirmed[0][0]) >= lsn:
+                return
         await self._rows("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, format_lsn(lsn)))
 
     async def status(self) -> SlotStatus:
