@@ -324,8 +324,10 @@ class PostgresCluster:
     initdb and pg_ctl refuse to run as root, so they run as the postgres user when we are root.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, settings: dict[str, str] | None = None) -> None:
         self.root = root
+        #: Server settings beyond the defaults (``{"wal_level": "logical"}`` for change data capture).
+        self.settings = settings or {}
         self.data = root / "pgdata"
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
@@ -346,6 +348,7 @@ class PostgresCluster:
 
     def _pg_ctl(self, action: str, mode: str | None = None) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         args = ["pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgres.log"), "-w", "-t", "60", action]
         if action in ("start", "restart"):
             args += ["-o", options]

@@ -49,6 +49,7 @@ def outbox_entry(
     partitions: int = DEFAULT_PARTITIONS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     now: datetime | None = None,
+    event_id: str | None = None,
 ) -> tuple[Envelope, OutboxEntry]:
     """The envelope and outbox row that publish ``message`` on ``topic`` in partition-key order of ``key``.
 
@@ -61,7 +62,7 @@ def outbox_entry(
     if len(payload) > max_message_bytes:
         raise MessageTooLarge(message.message_name, len(payload), max_message_bytes)
     context = context or MessageContext()
-    event_id = new_id()
+    event_id = event_id or new_id()
     envelope = Envelope(
         event_id=event_id,
         event_type=message.message_name,
