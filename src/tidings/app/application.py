@@ -165,6 +165,7 @@ class Application:
         value = await _maybe_await(handler(command, uow))
         if isinstance(value, Aggregate) and value not in uow.aggregates:
             uow.add(value)  # returning a new aggregate saves it, so it cannot be forgotten
+        uow.resolve_keys()
 
         # Breadth first: the command's events, then what their handlers recorded, and so on.
         queue = deque(unit.collect(uow))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from tidings.domain.aggregate import Aggregate
-from tidings.domain.errors import AggregateNotFound
+from tidings.domain.errors import AggregateNotFound, ValidationError
 from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope
 
@@ -24,7 +24,7 @@ class PendingPublication:
 
     event: IntegrationEvent
     topic: str
-    partition_key: str
+    partition_key: str  # None only until the command handler returns (UnitOfWork.resolve_keys)
     causation_id: str
     cause: Envelope | None
 
@@ -72,19 +72,48 @@ class UnitOfWork:
         return aggregate
 
     def publish(self, event: IntegrationEvent, *, topic: str | None = None, key: str | None = None) -> None:
-        """Append an integration event to the outbox of this transaction (published only if it commits)."""
+        """Append an integration event to the outbox of this transaction (published only if it commits).
+
+        ``key`` is the partition key: messages with one key are delivered in commit order. By
+        default it is the aggregate the event is about: in a domain-bus handler, the aggregate
+        whose event is being handled; in a command handler, the one aggregate the handler loaded
+        or added (or returned). A command handler that touched several aggregates, or none, must
+        pass ``key=`` — otherwise the command is refused with a ValidationError before anything
+        is written, because a guessed key would put one aggregate's publications in different
+        partitions and lose their order.
+        """
         if not isinstance(event, IntegrationEvent):
             raise TypeError(f"publish takes an IntegrationEvent, got {type(event).__name__}")
-        partition_key = key or (self.cause.aggregate_id if self.cause and self.cause.aggregate_id else None)
+        if key is None and self.cause is not None and self.cause.aggregate_id:
+            key = self.cause.aggregate_id
         self.publications.append(
             PendingPublication(
                 event=event,
                 # A contract may name its topic (a ``topic`` class attribute); else its message name.
                 topic=topic or getattr(type(event), "topic", None) or event.message_name,
-                partition_key=partition_key or self.causation_id,
+                # None: decided when the command handler returns (see resolve_keys).
+                partition_key=key,  # type: ignore[arg-type]
                 causation_id=self.causation_id,
                 cause=self.cause,
             )
+        )
+
+    def resolve_keys(self) -> None:
+        """Key what the command handler published without a key by its one aggregate; refuse if it has not one."""
+        unkeyed = [p for p in self.publications if p.partition_key is None]
+        if not unkeyed:
+            return
+        if len(self._aggregates) == 1:
+            only = next(iter(self._aggregates.values()))
+            for publication in unkeyed:
+                publication.partition_key = only.id
+            return
+        touched = ", ".join(f"{a.aggregate_type} {a.id}" for a in self._aggregates.values())
+        raise ValidationError(
+            f"uow.publish({unkeyed[0].event.message_name}) in a command handler that touched "
+            f"{len(self._aggregates)} aggregates{f' ({touched})' if touched else ''} needs key=: pass the id of "
+            "the aggregate the event is about, so its publications stay in one partition, in order",
+            message_type=type(unkeyed[0].event).__name__,
         )
 
     @property
