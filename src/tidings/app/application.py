@@ -148,7 +148,9 @@ class Application:
         context = context or MessageContext()
         for attempt in range(retries + 1):
             try:
-                async with self.store.pinned():
+                # Lazy: SQL a handler runs (uow.execute, store.run from a bus handler) begins a
+                # transaction that the commit joins; without any, the commit stays one statement.
+                async with self.store.pinned(), self.store.transaction(lazy=True):
                     return await self._handle_once(command, handler, context)
             except ConcurrencyError:
                 if attempt == retries:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.errors import AggregateNotFound, ValidationError
@@ -62,6 +63,25 @@ class UnitOfWork:
         if aggregate is not None:
             self._track(key, aggregate)
         return aggregate
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one SQL statement (``?`` placeholders, on SQLite and PostgreSQL alike) in this command's transaction.
+
+        Returns its rows (empty for a statement that returns none). What it writes commits with
+        the command's journal, state and outbox rows, or not at all: a handler that raises later
+        leaves none of it. The first such statement begins a real transaction (a command without
+        SQL of its own commits in one statement); ``store.run()`` and ``store.fetch()`` called
+        while the command runs join the same transaction.
+        """
+        return await self._app.store.fetch(sql, params)
+
+    async def connection(self) -> Any:
+        """The database connection of this command's transaction (sqlite3 or psycopg), for a driver-level API.
+
+        Statements run on it commit with the command. Await the calls in the handler itself:
+        a task the handler starts does not belong to the command.
+        """
+        return await self._app.store.connection()
 
     def add(self, aggregate: A) -> A:
         """Track a new aggregate so its recorded events are saved with this unit of work."""

@@ -189,6 +189,18 @@ class HandlerContext:
             )
         return await app.handle(command, context=self.context, retries=retries)
 
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one SQL statement (``?`` placeholders, either store) now, in this message's transaction; its rows.
+
+        It commits with the inbox row, or not at all (a handler that raises leaves none of it).
+        Statements queued with :meth:`write` run later, when the batch is flushed.
+        """
+        return await self.tx.fetch(sql, params)
+
+    async def connection(self) -> Any:
+        """The database connection of this message's transaction (sqlite3 or psycopg), for a driver-level API."""
+        return await self.tx.connection()
+
     def write(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue a statement (``?`` placeholders) to run in this transaction before it commits.
 
