@@ -159,11 +159,11 @@ class Application:
 
     async def _handle_once(self, command: Command, handler: CommandHandler, context: MessageContext) -> CommandResult:
         command_id = new_id()
-        unit = _Commit(self, context, command_id)
+        unit = _Commit(self, context, command_id, command.message_name)
         uow = UnitOfWork(self)
-        # A command run on behalf of a message (a consumer's) keeps that message as the cause of
-        # its events, so a trace leads from the incoming event to what it caused.
-        uow.causation_id = context.causation_id or command_id
+        # The command causes its events; what caused the command (a consumer's message) goes on
+        # those events as command_causation_id, so a trace leads message → command → events.
+        uow.causation_id = command_id
         value = await _maybe_await(handler(command, uow))
         if isinstance(value, Aggregate) and value not in uow.aggregates:
             uow.add(value)  # returning a new aggregate saves it, so it cannot be forgotten
@@ -189,10 +189,11 @@ class Application:
 class _Commit:
     """Turns what a unit of work recorded into envelopes and rows, numbering versions as it goes."""
 
-    def __init__(self, app: Application, context: MessageContext, command_id: str) -> None:
+    def __init__(self, app: Application, context: MessageContext, command_id: str, command_type: str) -> None:
         self.app = app
         self.context = context
         self.command_id = command_id
+        self.command_type = command_type
         self.correlation_id = context.correlation_id or command_id
         self.now = utc_now()
         self.next_version: dict[int, int] = {}
@@ -214,6 +215,9 @@ class _Commit:
             user_id=self.context.user_id,
             tenant=self.context.tenant,
             source=self.app.name,
+            # Only the command's own events name it: they are the link from its cause to it.
+            command_type=self.command_type if causation_id == self.command_id else None,
+            command_causation_id=self.context.causation_id if causation_id == self.command_id else None,
         )
 
     def _payload(self, message: Message) -> bytes:

@@ -174,14 +174,20 @@ class HandlerContext:
 
     @property
     def context(self) -> MessageContext:
-        """The MessageContext for commands caused by this message: correlation kept, causation = this event."""
+        """The MessageContext for commands caused by this message: correlation kept, the command's cause = this message."""
         env = self.envelope
         return MessageContext(
             correlation_id=env.correlation_id, causation_id=env.event_id, user_id=env.user_id, tenant=env.tenant
         )
 
     async def handle(self, app: Application, command: Command, *, retries: int = 0) -> CommandResult:
-        """Run ``command`` on ``app`` inside this message's transaction (its commit becomes a savepoint)."""
+        """Run ``command`` on ``app`` inside this message's transaction (its commit becomes a savepoint).
+
+        The chain stays whole: the command is caused by this message and its events by the
+        command (``causation_id`` = ``CommandResult.command_id``; the events' envelopes also
+        carry ``command_type`` and ``command_causation_id`` = this message's id), with this
+        message's correlation id; ``tidings trace`` prints message → command → events.
+        """
         if app.store is not self.tx:
             raise ValueError(
                 f"application {app.name!r} writes to another Store object than consumer {self.consumer!r}, so its "
@@ -1294,6 +1300,8 @@ def _envelope_of(headers: dict[str, str]) -> Envelope:
         user_id=headers.get("tidings-user_id"),
         tenant=headers.get("tidings-tenant"),
         source=headers.get("tidings-source"),
+        command_type=headers.get("tidings-command_type"),
+        command_causation_id=headers.get("tidings-command_causation_id"),
     )
 
 
