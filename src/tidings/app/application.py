@@ -20,7 +20,7 @@ from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MessageTooLarge
 from tidings.messaging.ids import new_id
-from tidings.messaging.registry import MessageRegistry
+from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.store.base import Store
 from tidings.store.records import Changes, JournalEntry, OutboxEntry, SnapshotRow, StateRow, StreamWrite
 
@@ -76,7 +76,8 @@ class Application:
     ) -> None:
         self.name = name
         self.store = store
-        self.repository = Repository(store, registry or MessageRegistry())
+        # Without a registry of its own it shares its store's, so its consumers know its upcasters.
+        self.repository = Repository(store, registry if registry is not None else registry_of(store))
         self.max_message_bytes = max_message_bytes
         self.partitions = partitions
         self._command_handlers: dict[type[Command], CommandHandler] = {}
@@ -85,7 +86,12 @@ class Application:
 
     @property
     def registry(self) -> MessageRegistry:
-        """The message registry this application reads and writes with (shared with its repository)."""
+        """The message registry this application reads and writes with.
+
+        Unless the application was given one, it is the registry of its store
+        (:func:`~tidings.messaging.registry_of`), shared with the consumers built on that store:
+        an upcaster registered here is known to them too.
+        """
         return self.repository.registry
 
     async def load(self, aggregate_type: type[A], aggregate_id: str) -> A:

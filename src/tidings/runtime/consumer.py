@@ -68,7 +68,7 @@ from tidings.domain.messages import Message
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooLarge, UnknownMessageType
 from tidings.messaging.ids import new_id
-from tidings.messaging.registry import MessageRegistry
+from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter
 from tidings.runtime.shards import ShardOwnership, shard_of, shard_ownership
@@ -334,7 +334,10 @@ class Consumer:
         self.name = name
         self.store: Store = store  # type: ignore[assignment]  # may be attached later (tidings consume)
         self.broker: Broker = broker  # type: ignore[assignment]
-        self.registry = registry or MessageRegistry()
+        # Without a registry of its own it shares its store's (that of the applications on the
+        # same store): an upcaster registered on the application reads old messages here too.
+        self._own_registry = registry is not None
+        self.registry = registry if registry is not None else (registry_of(store) if store is not None else MessageRegistry())
         self.concurrency = concurrency
         self.batch_size = batch_size
         self.linger = linger
@@ -426,6 +429,10 @@ class Consumer:
 
     def attach(self, store: Store, broker: Broker) -> Consumer:
         """Give a consumer declared without them its store and broker (what ``tidings consume`` does)."""
+        if self.store is None and not self._own_registry:
+            shared = registry_of(store)
+            shared.include(self.registry)  # what the handlers registered before the store was known
+            self.registry = shared
         self.store = self.store or store
         self.broker = self.broker or broker
         return self
