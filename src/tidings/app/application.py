@@ -63,7 +63,15 @@ class CommandResult:
 
 
 class Application:
-    """One bounded context's write side: handles commands, each in exactly one transaction."""
+    """One bounded context's write side: handles commands, each in exactly one transaction.
+
+    Attributes:
+        name: the bounded context's name, written as ``source`` on every envelope.
+        store: the Store it reads and commits to (the same object its consumers must use for
+            ``ctx.handle`` to join their transactions).
+        registry: the MessageRegistry it encodes and decodes with (see the property).
+        repository: loads aggregates of both persistence styles from ``store``.
+    """
 
     def __init__(
         self,
@@ -100,6 +108,10 @@ class Application:
         if aggregate is None:
             raise AggregateNotFound(aggregate_type.aggregate_type, aggregate_id)
         return aggregate
+
+    async def snapshot(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
+        """The event-sourced aggregate as its latest snapshot holds it (None if none was written yet), for tests and tools."""
+        return await self.repository.snapshot(aggregate_type, aggregate_id)
 
     # -- registration --------------------------------------------------------------------------
 
