@@ -34,7 +34,19 @@ class UnitOfWork:
     """What a command handler (and the in-transaction handlers it triggers) reads and changes.
 
     Reads go to the store as they are asked for; nothing is written until the application
-    commits the whole unit, so a handler that raises leaves no trace at all.
+    commits the whole unit, so a handler that raises leaves no trace at all. SQL of the
+    handler's own goes through :meth:`execute` (or :meth:`connection`) and commits with it.
+
+    Attributes:
+        cause: the Envelope of the domain event the running domain-bus handler (or translator)
+            is handling — its ids, type, aggregate and version; None in the command handler
+            itself. ``publish`` takes its default key and the published envelope's aggregate
+            from it.
+        causation_id: the id of what is being handled right now: the command's id in the
+            command handler, then each event's id as the bus runs. It becomes the
+            ``causation_id`` of whatever is recorded or published meanwhile.
+        publications: the integration events published so far, waiting for the commit.
+        loaded_versions: the version of each tracked aggregate when it was loaded (0 if new).
     """
 
     def __init__(self, app: Application) -> None:

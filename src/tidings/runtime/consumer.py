@@ -156,7 +156,18 @@ class ConsumerStats:
 
 
 class HandlerContext:
-    """What a handler gets besides the event: the envelope, the open transaction, and commands in it."""
+    """What a handler gets besides the event: the envelope, the open transaction, and commands in it.
+
+    Attributes:
+        envelope: the message's metadata — ids, type, version, aggregate, correlation, tenant, source.
+        tx: the consumer's Store, inside this message's transaction: ``await ctx.tx.run(...)`` /
+            ``fetch(...)`` (``?`` placeholders) commit with the inbox row or not at all. The same
+            as ``await ctx.execute(...)``; see also ``ctx.write`` (queued) and ``ctx.connection()``.
+        topic: the topic the message arrived on.
+        key: its partition key (messages of one key are applied in order).
+        attempt: 1 on the first run of the handler for this message, 2 on the first retry, …
+        consumer: the consumer's name.
+    """
 
     __slots__ = ("envelope", "tx", "topic", "key", "attempt", "consumer", "_writes")
 
@@ -284,7 +295,16 @@ class _ItemFailed(Exception):
 
 
 class Consumer:
-    """Applies messages of some topics to a store exactly once each, in order per key, with retries and dead letters."""
+    """Applies messages of some topics to a store exactly once each, in order per key, with retries and dead letters.
+
+    Attributes:
+        stats: a ConsumerStats with what this process did since it started: messages applied,
+            duplicates skipped (inbox), ignored (a type with no handler), retried, dead-lettered,
+            held behind a dead one, replayed, and batches committed. For tests, logs and benchmarks.
+        registry: the MessageRegistry it decodes with — its store's shared one unless given one.
+        store, broker, name: where it reads and writes; the name is its broker group, inbox and
+            dead letters.
+    """
 
     def __init__(
         self,
