@@ -146,3 +146,27 @@ async def test_consumer_handler_sql_commits_with_the_inbox_or_not_at_all(store: 
     # Then only the successful run's note is there
     assert runs == 2
     assert await _notes(store) == ["run 2"]
+
+
+async def test_a_task_started_by_a_handler_is_not_part_of_the_command(store: Store) -> None:
+    # Given a bus handler that starts a task writing SQL and does not wait for it, then a failing handler
+    await _notes_table(store)
+    app = make_app(store)
+    started: list[asyncio.Task[int]] = []
+
+    @app.on(LicensePurchased)
+    def spawn(event: LicensePurchased, uow: UnitOfWork) -> None:
+        started.append(asyncio.get_running_loop().create_task(store.run("INSERT INTO notes (note) VALUES (?)", ("aside",))))
+
+    @app.on(LicensePurchased)
+    def refuse(event: LicensePurchased, uow: UnitOfWork) -> None:
+        raise RuntimeError("no sale today")
+
+    license_id = new_id()
+    await app.handle(OfferLicense(license_id=license_id, product="Editor"))
+    # When the command fails
+    with pytest.raises(RuntimeError, match="no sale today"):
+        await app.handle(PurchaseLicense(license_id=license_id, buyer="ada"))
+    # Then the task neither hung on nor joined the command's transaction: its write is its own
+    assert await asyncio.wait_for(started[0], 5) == 1
+    assert await _notes(store) == ["aside"]

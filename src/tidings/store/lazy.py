@@ -11,6 +11,7 @@ statement begins a real transaction, which the command's commit then joins (deci
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -25,11 +26,24 @@ class NoTransaction(RuntimeError):
 class LazyTransaction:
     """A transaction that begins at the first ``join()`` and ends with the block that created it."""
 
-    __slots__ = ("_begin", "_open")
+    __slots__ = ("_begin", "_open", "_owner")
 
     def __init__(self, begin: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
         self._begin = begin
         self._open: AbstractAsyncContextManager[Any] | None = None
+        # A task the command's handler starts inherits the context variable that points here,
+        # but runs concurrently with the command: it must not begin (or end) its transaction.
+        self._owner = asyncio.current_task()
+
+    @property
+    def here(self) -> bool:
+        """Whether the running task is the one whose block this is."""
+        return self._owner is asyncio.current_task()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a statement of the running task would begin the transaction now."""
+        return self._open is None and self._owner is asyncio.current_task()
 
     @property
     def begun(self) -> bool:

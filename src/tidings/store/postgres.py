@@ -147,7 +147,8 @@ class PostgresStore:
 
     @asynccontextmanager
     async def _lazy_block(self) -> AsyncIterator[None]:
-        if self._lazy.get() is not None or self._in_transaction():
+        outer = self._lazy.get()
+        if (outer is not None and outer.here) or self._in_transaction():
             yield  # already inside a transaction of this task: every statement joins it anyway
             return
         async with self.pinned():
@@ -165,7 +166,7 @@ class PostgresStore:
 
     async def _join(self) -> None:
         lazy = self._lazy.get()
-        if lazy is not None and not lazy.begun:
+        if lazy is not None and lazy.waiting:
             await lazy.join()
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:

@@ -125,7 +125,8 @@ class SqliteStore:
 
     @asynccontextmanager
     async def _lazy_block(self) -> AsyncIterator[None]:
-        if self._in_my_transaction() or self._lazy.get() is not None:
+        outer = self._lazy.get()
+        if self._in_my_transaction() or (outer is not None and outer.here):
             yield  # already inside a transaction of this task: every statement joins it anyway
             return
         lazy = LazyTransaction(self._transaction)
@@ -142,7 +143,7 @@ class SqliteStore:
 
     async def _join(self) -> None:
         lazy = self._lazy.get()
-        if lazy is not None and not lazy.begun and not self._in_my_transaction():
+        if lazy is not None and lazy.waiting and not self._in_my_transaction():
             await lazy.join()
 
     async def connection(self) -> sqlite3.Connection:
@@ -436,7 +437,7 @@ class SqliteStore:
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement on the loop's connection and return its rows (for tools and tests)."""
         lazy = self._lazy.get()
-        if lazy is not None and not lazy.begun and not self._in_my_transaction():
+        if lazy is not None and lazy.waiting and not self._in_my_transaction():
             raise NoTransaction(
                 "store.execute() inside a unit of work would commit on its own, outside the command's transaction; "
                 "use await uow.execute(sql, params) (or await store.fetch/run) instead"
