@@ -295,6 +295,7 @@ class _Commit:
                 state = repository.codec(type(aggregate)).encode(aggregate.state())
                 changes.snapshots.append(SnapshotRow(stream_id, aggregate.version, state))
         for publication in uow.publications:
+            assert publication.partition_key is not None  # keyed by UnitOfWork.resolve_keys
             cause = publication.cause
             aggregate = (
                 (cause.aggregate_type, cause.aggregate_id, cause.aggregate_version)

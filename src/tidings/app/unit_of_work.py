@@ -25,7 +25,8 @@ class PendingPublication:
 
     event: IntegrationEvent
     topic: str
-    partition_key: str  # None only until the command handler returns (UnitOfWork.resolve_keys)
+    #: None only until the command handler returns (see UnitOfWork.resolve_keys).
+    partition_key: str | None
     causation_id: str
     cause: Envelope | None
 
@@ -123,8 +124,7 @@ class UnitOfWork:
                 event=event,
                 # A contract may name its topic (a ``topic`` class attribute); else its message name.
                 topic=topic or getattr(type(event), "topic", None) or event.message_name,
-                # None: decided when the command handler returns (see resolve_keys).
-                partition_key=key,  # type: ignore[arg-type]
+                partition_key=key,
                 causation_id=self.causation_id,
                 cause=self.cause,
             )
