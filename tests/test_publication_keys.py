@@ -46,6 +46,8 @@ async def test_publications_of_successive_commands_on_one_aggregate_share_its_ke
     rows = [row for row in await store.read_outbox() if row.event_id in {first.published[0].event_id, second.published[0].event_id}]
     assert [row.partition_key for row in rows] == [license_id, license_id]
     assert {row.partition for row in rows} == {partition_of(license_id, app.partitions)}
+    # And their envelopes name the license as the aggregate they are about
+    assert {(e.aggregate_type, e.aggregate_id) for e in (first.published[0], second.published[0])} == {("License", license_id)}
 
 
 async def test_a_new_aggregate_returned_by_the_handler_keys_what_it_published(store: Store) -> None:

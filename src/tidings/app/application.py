@@ -297,9 +297,12 @@ class _Commit:
         for publication in uow.publications:
             assert publication.partition_key is not None  # keyed by UnitOfWork.resolve_keys
             cause = publication.cause
+            about = publication.about
             aggregate = (
                 (cause.aggregate_type, cause.aggregate_id, cause.aggregate_version)
                 if cause is not None and cause.aggregate_type and cause.aggregate_id and cause.aggregate_version
+                else (about.aggregate_type, about.id, about.version)
+                if about is not None and about.version
                 else None
             )
             # Registered as they are published, so whatever reads this outbox back can decode them.

@@ -29,6 +29,8 @@ class PendingPublication:
     partition_key: str | None
     causation_id: str
     cause: Envelope | None
+    #: The aggregate a command handler's publication is about (set with its key), for the envelope.
+    about: Aggregate | None = None
 
 
 class UnitOfWork:
@@ -138,7 +140,7 @@ class UnitOfWork:
         if len(self._aggregates) == 1:
             only = next(iter(self._aggregates.values()))
             for publication in unkeyed:
-                publication.partition_key = only.id
+                publication.partition_key, publication.about = only.id, only
             return
         touched = ", ".join(f"{a.aggregate_type} {a.id}" for a in self._aggregates.values())
         raise ValidationError(
