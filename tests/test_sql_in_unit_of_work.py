@@ -20,6 +20,7 @@ from tidings import UnitOfWork
 from tidings.brokers.local import LocalBroker
 from tidings.messaging import new_id
 from tidings.runtime import Consumer, HandlerContext, Relay
+from support import StoreFactory
 from tidings.store import NoTransaction, Store
 
 
@@ -170,3 +171,35 @@ async def test_a_task_started_by_a_handler_is_not_part_of_the_command(store: Sto
     # Then the task neither hung on nor joined the command's transaction: its write is its own
     assert await asyncio.wait_for(started[0], 5) == 1
     assert await _notes(store) == ["aside"]
+
+
+async def test_sql_of_an_attempt_lost_to_a_racing_command_is_rolled_back_before_the_retry(store_factory: StoreFactory) -> None:
+    # Given two applications on two stores of one database whose bus handlers both write a note
+    # after both loaded the same license (so one of them must lose the race and retry)
+    stores = [await store_factory(), await store_factory()]
+    await _notes_table(stores[0])
+    arrived = 0
+    both_loaded = asyncio.Event()
+    apps = []
+    for store in stores:
+        app = make_app(store)
+
+        @app.on(UsageReported)
+        async def note(event: UsageReported, uow: UnitOfWork) -> None:
+            nonlocal arrived
+            arrived += 1
+            if arrived >= 2:
+                both_loaded.set()
+            await asyncio.wait_for(both_loaded.wait(), 10)
+            await uow.execute("INSERT INTO notes (note) VALUES (?)", (f"used {event.units}",))
+
+        apps.append(app)
+    license_id = new_id()
+    await apps[0].handle(OfferLicense(license_id=license_id, product="Editor"))
+    await apps[0].handle(PurchaseLicense(license_id=license_id, buyer="ada"))
+    # When both report usage at once, with one retry each
+    await asyncio.gather(*(app.handle(ReportUsage(license_id=license_id, units=n), retries=1) for app, n in zip(apps, (1, 2))))
+    # Then three attempts ran, but only the two that committed left a note
+    assert arrived == 3
+    assert await _notes(stores[0]) == ["used 1", "used 2"]
+    assert (await apps[0].load(License, license_id)).used == 3
