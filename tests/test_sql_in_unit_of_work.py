@@ -127,7 +127,12 @@ async def test_consumer_handler_sql_commits_with_the_inbox_or_not_at_all(store: 
         nonlocal runs
         runs += 1
         await ctx.execute("INSERT INTO notes (note) VALUES (?)", (f"run {runs}",))
-        assert (await ctx.execute("SELECT count(*) FROM notes")) == [(1,)]  # its own write, not an earlier run's
+        connection = await ctx.connection()
+        if store.dialect == "sqlite":
+            connection.execute("INSERT INTO notes (note) VALUES (?)", (f"conn {runs}",))
+        else:
+            await connection.execute("INSERT INTO notes (note) VALUES (%s)", (f"conn {runs}",))
+        assert (await ctx.execute("SELECT count(*) FROM notes")) == [(2,)]  # its own writes, not an earlier run's
         if runs == 1:
             raise RuntimeError("first run fails")
 
@@ -146,7 +151,7 @@ async def test_consumer_handler_sql_commits_with_the_inbox_or_not_at_all(store: 
         await task
     # Then only the successful run's note is there
     assert runs == 2
-    assert await _notes(store) == ["run 2"]
+    assert await _notes(store) == ["conn 2", "run 2"]
 
 
 async def test_a_task_started_by_a_handler_is_not_part_of_the_command(store: Store) -> None:
