@@ -49,7 +49,8 @@ async def test_drain_runs_relay_and_consumers_until_what_they_caused_is_consumed
 
     # Then the second-hand publication was consumed too, and nothing is left
     assert billed == [OverageBilled(license_id=license_id, units=5)]
-    assert rounds == 2  # the purchase's publication, then the overage its consumer caused
+    # (one round or two: the relay may already claim the overage while it drains the purchase)
+    assert rounds in (1, 2)
     assert (usage.stats.applied, billing.stats.applied) == (1, 1)
     assert not [row for row in await store.read_outbox() if row.delivered_at is None]
 
