@@ -238,7 +238,7 @@ def make_app(
 
     if upcasters:
 
-        @app.registry.upcaster("counter.Incremented", 1)
+        @app.registry.upcaster(Incremented, 1)
         def _amount_renamed_to_by(data: dict[str, Any]) -> dict[str, Any]:
             data["by"] = data.pop("amount")
             return data

@@ -541,10 +541,14 @@ async def test_a_command_run_by_a_handler_commits_with_the_message_and_keeps_cor
     # Then the failed attempt left nothing behind: three messages, three counts
     tally = await app.load(Tally, "tally-1")
     assert tally.total == 3
-    # ...and each count's event carries the message's correlation id and names the message as its cause
+    # ...and each count's event carries the message's correlation id; it is caused by its command,
+    # and the command by the message (message → command → event)
     journal = [e for e in await store.read_correlation("flow-42") if e.event_type == Tallied.message_name]
-    causes = [msgspec.json.decode(e.envelope)["causation_id"] for e in journal]
-    assert causes == [m.event_id for m in sent]
+    envelopes = [msgspec.json.decode(e.envelope) for e in journal]
+    assert [env["command_causation_id"] for env in envelopes] == [m.event_id for m in sent]
+    assert all(env["command_type"] == "CountMessage" for env in envelopes)
+    assert len({env["causation_id"] for env in envelopes}) == 3
+    assert not {env["causation_id"] for env in envelopes} & {m.event_id for m in sent}
 
 
 async def test_routes_get_the_envelope_the_event_and_the_transaction(store: Store) -> None:

@@ -504,7 +504,7 @@ class _Story:
         # consumer of a shared topic skips the types it does not handle, without an inbox row); a
         # contract nobody subscribes to yet, like LicenseUsageReported, is delivered and that is all.
         subscribed = {topic for consumer in self.platform.consumers for topic in consumer.topics}
-        published = [node for node in trace.nodes.values() if node.kind != "domain"]
+        published = [node for node in trace.nodes.values() if node.kind in ("integration", "command")]
         unapplied = [
             (node.event_type, node.delivery)
             for node in published

@@ -183,11 +183,12 @@ async def test_a_usage_violation_through_the_broker_opens_the_license_investigat
     assert (investigation.buyer_id, investigation.used, investigation.allowed, investigation.infringements) == (
         "buyer-of-lic-alice", 4, 3, 1,
     )  # fmt: skip
-    # And its event keeps the flow's correlation, with the violation message as its cause
+    # And its event keeps the flow's correlation; its command was caused by the violation message
     [stored] = await store.read_correlation(correlation_id)
     assert stored.event_type == InfringementDetected.message_name
     envelope = json.loads(stored.envelope)
-    assert envelope["causation_id"] == event_id
+    assert envelope["command_causation_id"] == event_id
+    assert envelope["causation_id"] not in {None, event_id}
     assert json.loads(stored.payload)["source"] == "licensing"
 
 

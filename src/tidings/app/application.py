@@ -20,7 +20,7 @@ from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MessageTooLarge
 from tidings.messaging.ids import new_id
-from tidings.messaging.registry import MessageRegistry
+from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.store.base import Store
 from tidings.store.records import Changes, JournalEntry, OutboxEntry, SnapshotRow, StateRow, StreamWrite
 
@@ -63,7 +63,15 @@ class CommandResult:
 
 
 class Application:
-    """One bounded context's write side: handles commands, each in exactly one transaction."""
+    """One bounded context's write side: handles commands, each in exactly one transaction.
+
+    Attributes:
+        name: the bounded context's name, written as ``source`` on every envelope.
+        store: the Store it reads and commits to (the same object its consumers must use for
+            ``ctx.handle`` to join their transactions).
+        registry: the MessageRegistry it encodes and decodes with (see the property).
+        repository: loads aggregates of both persistence styles from ``store``.
+    """
 
     def __init__(
         self,
@@ -76,7 +84,8 @@ class Application:
     ) -> None:
         self.name = name
         self.store = store
-        self.repository = Repository(store, registry or MessageRegistry())
+        # Without a registry of its own it shares its store's, so its consumers know its upcasters.
+        self.repository = Repository(store, registry if registry is not None else registry_of(store))
         self.max_message_bytes = max_message_bytes
         self.partitions = partitions
         self._command_handlers: dict[type[Command], CommandHandler] = {}
@@ -85,7 +94,12 @@ class Application:
 
     @property
     def registry(self) -> MessageRegistry:
-        """The message registry this application reads and writes with (shared with its repository)."""
+        """The message registry this application reads and writes with.
+
+        Unless the application was given one, it is the registry of its store
+        (:func:`~tidings.messaging.registry_of`), shared with the consumers built on that store:
+        an upcaster registered here is known to them too.
+        """
         return self.repository.registry
 
     async def load(self, aggregate_type: type[A], aggregate_id: str) -> A:
@@ -94,6 +108,10 @@ class Application:
         if aggregate is None:
             raise AggregateNotFound(aggregate_type.aggregate_type, aggregate_id)
         return aggregate
+
+    async def snapshot(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
+        """The event-sourced aggregate as its latest snapshot holds it (None if none was written yet), for tests and tools."""
+        return await self.repository.snapshot(aggregate_type, aggregate_id)
 
     # -- registration --------------------------------------------------------------------------
 
@@ -148,7 +166,9 @@ class Application:
         context = context or MessageContext()
         for attempt in range(retries + 1):
             try:
-                async with self.store.pinned():
+                # Lazy: SQL a handler runs (uow.execute, store.run from a bus handler) begins a
+                # transaction that the commit joins; without any, the commit stays one statement.
+                async with self.store.pinned(), self.store.transaction(lazy=True):
                     return await self._handle_once(command, handler, context)
             except ConcurrencyError:
                 if attempt == retries:
@@ -157,14 +177,15 @@ class Application:
 
     async def _handle_once(self, command: Command, handler: CommandHandler, context: MessageContext) -> CommandResult:
         command_id = new_id()
-        unit = _Commit(self, context, command_id)
+        unit = _Commit(self, context, command_id, command.message_name)
         uow = UnitOfWork(self)
-        # A command run on behalf of a message (a consumer's) keeps that message as the cause of
-        # its events, so a trace leads from the incoming event to what it caused.
-        uow.causation_id = context.causation_id or command_id
+        # The command causes its events; what caused the command (a consumer's message) goes on
+        # those events as command_causation_id, so a trace leads message → command → events.
+        uow.causation_id = command_id
         value = await _maybe_await(handler(command, uow))
         if isinstance(value, Aggregate) and value not in uow.aggregates:
             uow.add(value)  # returning a new aggregate saves it, so it cannot be forgotten
+        uow.resolve_keys()
 
         # Breadth first: the command's events, then what their handlers recorded, and so on.
         queue = deque(unit.collect(uow))
@@ -186,10 +207,11 @@ class Application:
 class _Commit:
     """Turns what a unit of work recorded into envelopes and rows, numbering versions as it goes."""
 
-    def __init__(self, app: Application, context: MessageContext, command_id: str) -> None:
+    def __init__(self, app: Application, context: MessageContext, command_id: str, command_type: str) -> None:
         self.app = app
         self.context = context
         self.command_id = command_id
+        self.command_type = command_type
         self.correlation_id = context.correlation_id or command_id
         self.now = utc_now()
         self.next_version: dict[int, int] = {}
@@ -211,6 +233,9 @@ class _Commit:
             user_id=self.context.user_id,
             tenant=self.context.tenant,
             source=self.app.name,
+            # Only the command's own events name it: they are the link from its cause to it.
+            command_type=self.command_type if causation_id == self.command_id else None,
+            command_causation_id=self.context.causation_id if causation_id == self.command_id else None,
         )
 
     def _payload(self, message: Message) -> bytes:
@@ -270,10 +295,14 @@ class _Commit:
                 state = repository.codec(type(aggregate)).encode(aggregate.state())
                 changes.snapshots.append(SnapshotRow(stream_id, aggregate.version, state))
         for publication in uow.publications:
+            assert publication.partition_key is not None  # keyed by UnitOfWork.resolve_keys
             cause = publication.cause
+            about = publication.about
             aggregate = (
                 (cause.aggregate_type, cause.aggregate_id, cause.aggregate_version)
                 if cause is not None and cause.aggregate_type and cause.aggregate_id and cause.aggregate_version
+                else (about.aggregate_type, about.id, about.version)
+                if about is not None and about.version
                 else None
             )
             # Registered as they are published, so whatever reads this outbox back can decode them.

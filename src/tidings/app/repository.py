@@ -35,6 +35,21 @@ class Repository:
             codec = self._codecs[aggregate_type] = StateCodec(aggregate_type)
         return codec
 
+    async def snapshot(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
+        """The event-sourced aggregate as its latest snapshot holds it (version included), without the events after it.
+
+        None when no snapshot was written yet (``snapshot_every`` unset, or fewer versions than it).
+        """
+        if not aggregate_type.event_sourced:
+            raise TypeError(
+                f"{aggregate_type.__name__} is state-stored: its saved state is the whole aggregate, load it with load(); "
+                "snapshots belong to event-sourced aggregates"
+            )
+        snapshot = await self.store.load_snapshot(stream_id_of(aggregate_type.aggregate_type, aggregate_id))
+        if snapshot is None:
+            return None
+        return aggregate_type.restore(aggregate_id, snapshot.version, self.codec(aggregate_type).decode(snapshot.state))
+
     async def load(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
         """The aggregate as last committed, or None if it was never saved."""
         if not aggregate_type.event_sourced:

@@ -1,4 +1,4 @@
-"""The ``tidings`` command line: database migrations and a readable look at the journal and outbox."""
+"""The ``tidings`` command line: db, journal, outbox, relay, consume, dlq, projections, sagas, scheduler, trace."""
 
 from __future__ import annotations
 

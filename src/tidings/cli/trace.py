@@ -44,7 +44,8 @@ class TraceNode:
     """One message of the flow: a domain event (journal) or a published message (outbox), and what became of it."""
 
     event_id: str
-    #: "domain" (journal), "integration" (an outbox row on a contract's topic) or "command" (a saga's command).
+    #: "domain" (journal), "integration" (an outbox row on a contract's topic), "command" (a saga's command
+    #: message) or "executed" (a command a consumer ran for the message above it, known from its events).
     kind: str
     event_type: str
     source: str | None
@@ -69,6 +70,8 @@ class Trace:
     sagas: list[tuple[str, str, str]] = field(default_factory=list)
     #: Dead letters of the flow whose message is not in this store's journal or outbox (foreign input).
     orphans: list[tuple[str, str, Handling]] = field(default_factory=list)
+    #: Command id → command type, for the commands of the flow (from their events' envelopes).
+    commands: dict[str, str] = field(default_factory=dict)
 
     @property
     def contexts(self) -> set[str]:
@@ -90,8 +93,18 @@ async def collect_trace(store: Store, correlation_id: str) -> Trace:
     trace = Trace(correlation_id)
     postgres = store.dialect == "postgresql"
 
+    # A command has no row of its own: its events name it (causation_id = the command's id,
+    # command_type) and what caused it (command_causation_id: the message a consumer handled).
+    ran: dict[str, tuple[str, str | None, str | None]] = {}
+
+    def note_command(envelope: dict[str, Any]) -> None:
+        command_type, command_id = envelope.get("command_type"), envelope.get("causation_id")
+        if command_type and command_id:
+            ran.setdefault(command_id, (command_type, envelope.get("command_causation_id"), envelope.get("source")))
+
     for event in await store.read_correlation(correlation_id):
         envelope = _decode(event.envelope)
+        note_command(envelope)
         trace.nodes[event.event_id] = TraceNode(
             event_id=event.event_id,
             kind="domain",
@@ -115,6 +128,7 @@ async def collect_trace(store: Store, correlation_id: str) -> Trace:
         outbox_rows = await store.fetch(outbox_sql, (correlation_id,))
     for event_id, topic, event_type, raw, delivered_at, parked_at, last_error, attempts in outbox_rows:
         envelope = _decode(raw)
+        note_command(envelope)
         # Commands a saga sends travel on "<context>.commands"; everything else here is a contract.
         kind = "command" if topic.endswith(".commands") else "integration"
         if parked_at:
@@ -158,7 +172,7 @@ async def collect_trace(store: Store, correlation_id: str) -> Trace:
         else:
             node.handlings.append(handling)
 
-    published = [node.event_id for node in trace.nodes.values() if node.kind != "domain"]
+    published = [node.event_id for node in trace.nodes.values() if node.kind in ("integration", "command")]
     for chunk in _chunks(published, 500):
         marks = ", ".join("?" for _ in chunk)
         rows = await store.fetch(f"SELECT consumer, event_id FROM tidings_inbox WHERE event_id IN ({marks})", chunk)
@@ -166,6 +180,14 @@ async def collect_trace(store: Store, correlation_id: str) -> Trace:
             # A dead letter also writes its inbox row (so a redelivery is not applied): not applied.
             if (consumer, event_id) not in dead:
                 trace.nodes[event_id].handlings.append(Handling(consumer, applied=True))
+
+    for command_id, (command_type, cause, source) in ran.items():
+        trace.commands[command_id] = command_type
+        if cause and command_id not in trace.nodes:
+            # Run for a message of the flow: a node under that message, parent of its events.
+            trace.nodes[command_id] = TraceNode(
+                event_id=command_id, kind="executed", event_type=command_type, source=source, causation_id=cause
+            )
 
     for table, what in (("tidings_sagas", "state"), ("tidings_saga_archive", "outcome")):
         rows = await store.fetch(f"SELECT saga_type, saga_key, {what} FROM {table} WHERE correlation_id = ?", (correlation_id,))
@@ -188,7 +210,8 @@ def trace_tree(trace: Trace) -> Tree:
     for cause, nodes in trace.roots.items():
         first = nodes[0]
         origin = f"{first.source}" if first.source else "outside"
-        branch = tree.add(f"[bold yellow]command[/bold yellow] …{cause[-8:]} [dim]({origin})[/dim]")
+        name = f" {trace.commands[cause]}" if cause in trace.commands else ""
+        branch = tree.add(f"[bold yellow]command{name}[/bold yellow] …{cause[-8:]} [dim]({origin})[/dim]")
         for node in nodes:
             _grow(branch, node)
     for event_id, event_type, handling in trace.orphans:
@@ -201,11 +224,14 @@ def trace_tree(trace: Trace) -> Tree:
 
 
 def _grow(parent: Tree, node: TraceNode) -> None:
-    style = {"domain": "cyan", "integration": "magenta", "command": "yellow"}[node.kind]
+    style = {"domain": "cyan", "integration": "magenta", "command": "yellow", "executed": "yellow"}[node.kind]
     where = f" [dim]{node.aggregate}[/dim]" if node.aggregate else ""
     context = f"[dim]{node.source}:[/dim] " if node.source else ""
     sent = f" → {node.topic} [dim]({node.delivery})[/dim]" if node.topic else ""
-    branch = parent.add(f"{context}[{style}]{node.event_type}[/{style}]{where}{sent}")
+    if node.kind == "executed":
+        branch = parent.add(f"{context}[{style}]command {node.event_type}[/{style}] …{node.event_id[-8:]}")
+    else:
+        branch = parent.add(f"{context}[{style}]{node.event_type}[/{style}]{where}{sent}")
     for handling in node.handlings:
         if handling.applied:
             branch.add(f"[green]✓[/green] applied by {handling.consumer}")

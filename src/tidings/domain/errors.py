@@ -20,7 +20,14 @@ class DomainError(TidingsError):
 
 
 class ValidationError(TidingsError):
-    """A command or message field has a wrong type or value; ``field`` names it (dotted path)."""
+    """A command or message field has a wrong type or value; ``field`` names it (dotted path).
+
+    Attributes:
+        field: where the bad value is, as a dotted path into the message (``buyer_id``,
+            ``lines[1].qty``); None when the error is about the message as a whole.
+        message_type: the name of the command or message class that was refused, when known.
+        reason: what is wrong, without the location (the exception text is ``Type.field: reason``).
+    """
 
     def __init__(self, message: str, *, field: str | None = None, message_type: str | None = None) -> None:
         self.field = field

@@ -11,7 +11,7 @@ from tidings.messaging.errors import (
 )
 from tidings.messaging.ids import new_id
 from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
-from tidings.messaging.registry import MessageRegistry, Upcaster
+from tidings.messaging.registry import MessageRegistry, Upcaster, registry_of
 from tidings.messaging.state import StateCodec
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "Upcaster",
     "new_id",
     "partition_of",
+    "registry_of",
     "utc_now",
 ]

@@ -15,7 +15,15 @@ def utc_now() -> datetime:
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """Who, what, when and why of one message; travels as columns in the store and headers on a broker."""
+    """Who, what, when and why of one message; travels as columns in the store and headers on a broker.
+
+    ``causation_id`` names what directly caused the message: for a domain event a command handler
+    recorded, the command's id; for what a domain-bus handler or translator produced, the event
+    it handled. A command has no row of its own, so the events it recorded also carry
+    ``command_type`` (its message name) and ``command_causation_id`` (the message a consumer or
+    saga was handling when it ran the command; None for a command from outside): together they
+    keep the chain message → command → events that ``tidings trace`` prints.
+    """
 
     event_id: str
     event_type: str
@@ -29,13 +37,17 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str | None = None
     tenant: str | None = None
     source: str | None = None
+    command_type: str | None = None
+    command_causation_id: str | None = None
 
 
 class MessageContext(msgspec.Struct, frozen=True, kw_only=True):
     """What a command carries from its caller to every envelope it produces.
 
     ``correlation_id`` ties one business flow together across contexts; ``causation_id`` names the
-    message that directly caused this one. Empty fields are filled in by the application.
+    message that caused the command (a consumer's ``ctx.context`` sets it to the message being
+    handled); the command's own events are caused by the command. Empty fields are filled in by
+    the application.
     """
 
     correlation_id: str | None = None

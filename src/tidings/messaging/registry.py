@@ -8,6 +8,8 @@ on read through a chain of dict → dict functions (v1 → v2 → v3) before the
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -17,7 +19,7 @@ from tidings.domain.errors import ValidationError
 from tidings.domain.messages import Message
 from tidings.messaging.errors import IncompatibleVersion, MalformedMessage, UnknownMessageType
 
-__all__ = ["MessageRegistry", "Upcaster"]
+__all__ = ["MessageRegistry", "Upcaster", "registry_of"]
 
 M = TypeVar("M", bound=Message)
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -48,14 +50,43 @@ class MessageRegistry:
                 )
             self._by_name[name] = message_type
 
-    def upcaster(self, name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
-        """Decorator: register ``fn(data) -> data`` that turns ``name`` v``from_version`` into the next version."""
+    def upcaster(self, name: str | type[Message], from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Decorator: register ``fn(data) -> data`` that turns ``name`` v``from_version`` into the next version.
+
+        ``name`` is a registered message name or the class itself (which registers it). An unknown
+        name (a typo, or a class not registered yet) and a version that is not older than the
+        class's current one are refused here, at import time, rather than found out when an old
+        message cannot be read. Registering another function for the same step replaces it.
+        """
+        if isinstance(name, type):
+            self.register(name)
+            name = name.message_name
+        message_type = self._by_name.get(name)
+        if message_type is None:
+            close = difflib.get_close_matches(name, self._by_name, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"cannot register an upcaster: no message named {name!r} is registered{hint} — "
+                "register the class first (registry.register(TheClass)), or pass the class instead of its name "
+                "(@registry.upcaster(TheClass, 1))"
+            )
+        current = message_type.message_version
+        if not isinstance(from_version, int) or not 1 <= from_version < current:
+            raise ValueError(
+                f"cannot register an upcaster of {name!r} from v{from_version}: v{current} is the current version, "
+                f"so upcasters go from v1 to v{current - 1} (each to the next); bump version= on the class first"
+            )
 
         def register(fn: Upcaster) -> Upcaster:
             self._upcasters[(name, from_version)] = fn
             return fn
 
         return register
+
+    def include(self, other: MessageRegistry) -> None:
+        """Take over every class and upcaster ``other`` knows (conflicting names are refused as in ``register``)."""
+        self.register(*other._by_name.values())
+        self._upcasters.update(other._upcasters)
 
     def type_for(self, name: str) -> type[Message]:
         """The class registered under ``name``, or UnknownMessageType listing what is known."""
@@ -168,3 +199,20 @@ def _field_of(exc: msgspec.ValidationError) -> str | None:
 
 def _reason_of(exc: msgspec.ValidationError) -> str:
     return str(exc).split(" - at `$", 1)[0]
+
+
+# Keyed weakly by the store: a registry lives as long as the store it belongs to.
+_shared: weakref.WeakKeyDictionary[object, MessageRegistry] = weakref.WeakKeyDictionary()
+
+
+def registry_of(store: object) -> MessageRegistry:
+    """The registry shared by the Application and Consumers built on ``store`` without one of their own.
+
+    So an upcaster or class registered on ``app.registry`` is known to every consumer of the same
+    store object. Give a component ``registry=`` to keep it apart.
+    """
+    registry = _shared.get(store)
+    if registry is None:
+        registry = _shared[store] = MessageRegistry()
+    return registry
+

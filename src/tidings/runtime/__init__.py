@@ -1,4 +1,4 @@
-"""Processes: the relay now; consumer workers, projector, saga runner and scheduler next."""
+"""Processes: the relay, consumers (inbox, retries, dead letters), projections and their projector, sagas and the scheduler."""
 
 from tidings.runtime.relay import Relay, RelayRound
 

@@ -68,7 +68,7 @@ from tidings.domain.messages import Message
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooLarge, UnknownMessageType
 from tidings.messaging.ids import new_id
-from tidings.messaging.registry import MessageRegistry
+from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter
 from tidings.runtime.shards import ShardOwnership, shard_of, shard_ownership
@@ -156,7 +156,18 @@ class ConsumerStats:
 
 
 class HandlerContext:
-    """What a handler gets besides the event: the envelope, the open transaction, and commands in it."""
+    """What a handler gets besides the event: the envelope, the open transaction, and commands in it.
+
+    Attributes:
+        envelope: the message's metadata — ids, type, version, aggregate, correlation, tenant, source.
+        tx: the consumer's Store, inside this message's transaction: ``await ctx.tx.run(...)`` /
+            ``fetch(...)`` (``?`` placeholders) commit with the inbox row or not at all. The same
+            as ``await ctx.execute(...)``; see also ``ctx.write`` (queued) and ``ctx.connection()``.
+        topic: the topic the message arrived on.
+        key: its partition key (messages of one key are applied in order).
+        attempt: 1 on the first run of the handler for this message, 2 on the first retry, …
+        consumer: the consumer's name.
+    """
 
     __slots__ = ("envelope", "tx", "topic", "key", "attempt", "consumer", "_writes")
 
@@ -174,20 +185,38 @@ class HandlerContext:
 
     @property
     def context(self) -> MessageContext:
-        """The MessageContext for commands caused by this message: correlation kept, causation = this event."""
+        """The MessageContext for commands caused by this message: correlation kept, the command's cause = this message."""
         env = self.envelope
         return MessageContext(
             correlation_id=env.correlation_id, causation_id=env.event_id, user_id=env.user_id, tenant=env.tenant
         )
 
     async def handle(self, app: Application, command: Command, *, retries: int = 0) -> CommandResult:
-        """Run ``command`` on ``app`` inside this message's transaction (its commit becomes a savepoint)."""
+        """Run ``command`` on ``app`` inside this message's transaction (its commit becomes a savepoint).
+
+        The chain stays whole: the command is caused by this message and its events by the
+        command (``causation_id`` = ``CommandResult.command_id``; the events' envelopes also
+        carry ``command_type`` and ``command_causation_id`` = this message's id), with this
+        message's correlation id; ``tidings trace`` prints message → command → events.
+        """
         if app.store is not self.tx:
             raise ValueError(
                 f"application {app.name!r} writes to another Store object than consumer {self.consumer!r}, so its "
                 "commit could not join this message's transaction — build the Application on the consumer's store"
             )
         return await app.handle(command, context=self.context, retries=retries)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one SQL statement (``?`` placeholders, either store) now, in this message's transaction; its rows.
+
+        It commits with the inbox row, or not at all (a handler that raises leaves none of it).
+        Statements queued with :meth:`write` run later, when the batch is flushed.
+        """
+        return await self.tx.fetch(sql, params)
+
+    async def connection(self) -> Any:
+        """The database connection of this message's transaction (sqlite3 or psycopg), for a driver-level API."""
+        return await self.tx.connection()
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue a statement (``?`` placeholders) to run in this transaction before it commits.
@@ -266,7 +295,16 @@ class _ItemFailed(Exception):
 
 
 class Consumer:
-    """Applies messages of some topics to a store exactly once each, in order per key, with retries and dead letters."""
+    """Applies messages of some topics to a store exactly once each, in order per key, with retries and dead letters.
+
+    Attributes:
+        stats: a ConsumerStats with what this process did since it started: messages applied,
+            duplicates skipped (inbox), ignored (a type with no handler), retried, dead-lettered,
+            held behind a dead one, replayed, and batches committed. For tests, logs and benchmarks.
+        registry: the MessageRegistry it decodes with — its store's shared one unless given one.
+        store, broker, name: where it reads and writes; the name is its broker group, inbox and
+            dead letters.
+    """
 
     def __init__(
         self,
@@ -316,7 +354,10 @@ class Consumer:
         self.name = name
         self.store: Store = store  # type: ignore[assignment]  # may be attached later (tidings consume)
         self.broker: Broker = broker  # type: ignore[assignment]
-        self.registry = registry or MessageRegistry()
+        # Without a registry of its own it shares its store's (that of the applications on the
+        # same store): an upcaster registered on the application reads old messages here too.
+        self._own_registry = registry is not None
+        self.registry = registry if registry is not None else (registry_of(store) if store is not None else MessageRegistry())
         self.concurrency = concurrency
         self.batch_size = batch_size
         self.linger = linger
@@ -408,6 +449,10 @@ class Consumer:
 
     def attach(self, store: Store, broker: Broker) -> Consumer:
         """Give a consumer declared without them its store and broker (what ``tidings consume`` does)."""
+        if self.store is None and not self._own_registry:
+            shared = registry_of(store)
+            shared.include(self.registry)  # what the handlers registered before the store was known
+            self.registry = shared
         self.store = self.store or store
         self.broker = self.broker or broker
         return self
@@ -1282,6 +1327,8 @@ def _envelope_of(headers: dict[str, str]) -> Envelope:
         user_id=headers.get("tidings-user_id"),
         tenant=headers.get("tidings-tenant"),
         source=headers.get("tidings-source"),
+        command_type=headers.get("tidings-command_type"),
+        command_causation_id=headers.get("tidings-command_causation_id"),
     )
 
 

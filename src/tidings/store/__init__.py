@@ -7,6 +7,7 @@ from typing import Any
 
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError
+from tidings.store.lazy import NoTransaction
 from tidings.store.records import (
     Changes,
     JournalEntry,
@@ -21,6 +22,7 @@ from tidings.store.records import (
 __all__ = [
     "Changes",
     "JournalEntry",
+    "NoTransaction",
     "OutboxEntry",
     "OutboxRow",
     "PermanentDatabaseError",

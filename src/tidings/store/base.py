@@ -22,20 +22,27 @@ class Store(Protocol):
         """Within the block, this task's statements share one connection (the application pins one per command)."""
         ...
 
-    def transaction(self) -> AbstractAsyncContextManager[Store]:
+    def transaction(self, *, lazy: bool = False) -> AbstractAsyncContextManager[Store]:
         """Within the block, this task's statements and commits are one transaction: all or nothing.
 
         Used where an effect must commit with a record of it (a consumer's inbox row, a
         projection's checkpoint). Nested blocks and commits inside become savepoints.
+        ``lazy=True`` (a unit of work's) begins the transaction only when a statement other than
+        the store's own reads and ``commit`` runs, so a command that runs no SQL of its own keeps
+        its one-statement commit; whatever does run joins it (decision 0014).
         """
         ...
 
+    async def connection(self) -> Any:
+        """The driver connection (sqlite3 or psycopg) of this task's open transaction; NoTransaction outside one."""
+        ...
+
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one query written with ``?`` placeholders, whatever the dialect."""
+        """Rows of one statement written with ``?`` placeholders, whatever the dialect (empty if it returns none)."""
         ...
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Execute one ``?``-placeholder statement in its own transaction; the number of rows it changed."""
+        """Execute one ``?``-placeholder statement in its own transaction (or this task's open one); the rows it changed."""
         ...
 
     async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -22,6 +22,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from tidings.domain.errors import ConcurrencyError
+from tidings.store.lazy import LazyTransaction, NoTransaction
 from tidings.store.migrations import migrations_for
 from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, StoredEvent
 
@@ -71,6 +72,7 @@ class PostgresStore:
         self._pool = pool
         # One variable per store: a task may use stores of two databases at once.
         self._pinned: ContextVar[psycopg.AsyncConnection[Any] | None] = ContextVar(f"tidings_pinned_{id(self)}", default=None)
+        self._lazy: ContextVar[LazyTransaction | None] = ContextVar(f"tidings_lazy_{id(self)}", default=None)
 
     @classmethod
     async def open(
@@ -113,17 +115,72 @@ class PostgresStore:
                 self._pinned.reset(token)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PostgresStore]:
+    async def transaction(self, *, lazy: bool = False) -> AsyncIterator[PostgresStore]:
         """Within the block, this task's statements and commits form one transaction (nested: a savepoint).
 
         A consumer writes its inbox row, its effects and any command's commit in one of these, so
-        they commit together or not at all.
+        they commit together or not at all. ``lazy=True`` (what a unit of work uses) sends BEGIN
+        only when a statement other than the store's own reads and commit runs (``fetch``,
+        ``run``, ``run_many``, ``execute``, ``transaction``, ``connection``); until then a command
+        keeps its one-statement commit.
         """
+        if lazy:
+            async with self._lazy_block():
+                yield self
+            return
+        if self._lazy.get() is not None:
+            await self._join()
+        async with self._transaction():
+            yield self
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[PostgresStore]:
         async with self.pinned():
             conn = self._pinned.get()
             assert conn is not None
             async with conn.transaction():
                 yield self
+
+    def _in_transaction(self) -> bool:
+        conn = self._pinned.get()
+        return conn is not None and conn.info.transaction_status != TransactionStatus.IDLE
+
+    @asynccontextmanager
+    async def _lazy_block(self) -> AsyncIterator[None]:
+        outer = self._lazy.get()
+        if (outer is not None and outer.here) or self._in_transaction():
+            yield  # already inside a transaction of this task: every statement joins it anyway
+            return
+        async with self.pinned():
+            lazy = LazyTransaction(self._transaction)
+            token = self._lazy.set(lazy)
+            try:
+                yield
+            except BaseException as exc:
+                await lazy.end(exc)
+                raise
+            else:
+                await lazy.end(None)
+            finally:
+                self._lazy.reset(token)
+
+    async def _join(self) -> None:
+        lazy = self._lazy.get()
+        if lazy is not None and lazy.waiting:
+            await lazy.join()
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The psycopg connection of this task's open transaction (statements on it commit with it)."""
+        if self._lazy.get() is not None:
+            await self._join()
+        if not self._in_transaction():
+            raise NoTransaction(
+                "store.connection() is for code running inside a transaction (a unit of work, a consumer's "
+                "handler, async with store.transaction()); outside one, use fetch() and run()"
+            )
+        conn = self._pinned.get()
+        assert conn is not None
+        return conn
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -259,19 +316,25 @@ class PostgresStore:
         return ConcurrencyError(first.aggregate_type, first.aggregate_id, first.expected_version, None)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one query written with ``?`` placeholders (the dialect-neutral form)."""
+        """Rows of one statement written with ``?`` placeholders (the dialect-neutral form); empty if it returns none."""
+        if self._lazy.get() is not None:
+            await self._join()
         async with self._connection() as conn:
             cur = await conn.execute(_qmark(sql), tuple(params))
-            return await cur.fetchall()
+            return await cur.fetchall() if cur.description is not None else []
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Execute one ``?``-placeholder statement in its own transaction; returns the rows it changed."""
+        """Execute one ``?``-placeholder statement in its own transaction (or the task's open one); the rows it changed."""
+        if self._lazy.get() is not None:
+            await self._join()
         async with self._connection() as conn:
             cur = await conn.execute(_qmark(sql), tuple(params))
             return cur.rowcount
 
     async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Execute one ``?``-placeholder statement per row of parameters, all in one transaction."""
+        if self._lazy.get() is not None:
+            await self._join()
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(_qmark(sql), [tuple(row) for row in rows])
 
@@ -284,6 +347,8 @@ class PostgresStore:
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows, if any (for tools and tests)."""
+        if self._lazy.get() is not None:
+            await self._join()
         async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall() if cur.description else []

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tidings.domain.errors import ConcurrencyError
+from tidings.store.lazy import LazyTransaction, NoTransaction
 from tidings.store.migrations import migrations_for
 from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, StoredEvent
 
@@ -79,6 +80,7 @@ class SqliteStore:
         self._tx_active: object | None = None
         self._tx_outbox = False
         self._tx_mine: ContextVar[object | None] = ContextVar(f"tidings_sqlite_tx_{id(self)}", default=None)
+        self._lazy: ContextVar[LazyTransaction | None] = ContextVar(f"tidings_sqlite_lazy_{id(self)}", default=None)
 
     def _connect(self, *, wait: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -105,9 +107,59 @@ class SqliteStore:
         yield
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqliteStore]:
-        """Within the block, this task's statements and commits form one transaction (nested: a savepoint)."""
-        if self._tx_active is not None and self._tx_mine.get() is self._tx_active:
+    async def transaction(self, *, lazy: bool = False) -> AsyncIterator[SqliteStore]:
+        """Within the block, this task's statements and commits form one transaction (nested: a savepoint).
+
+        ``lazy=True`` (what a unit of work uses) begins it only when a statement other than the
+        store's own reads and commit runs (``fetch``, ``run``, ``run_many``, ``transaction``,
+        ``connection``); until then those take their usual fast path.
+        """
+        if lazy:
+            async with self._lazy_block():
+                yield self
+            return
+        if self._lazy.get() is not None:
+            await self._join()
+        async with self._transaction():
+            yield self
+
+    @asynccontextmanager
+    async def _lazy_block(self) -> AsyncIterator[None]:
+        outer = self._lazy.get()
+        if self._in_my_transaction() or (outer is not None and outer.here):
+            yield  # already inside a transaction of this task: every statement joins it anyway
+            return
+        lazy = LazyTransaction(self._transaction)
+        token = self._lazy.set(lazy)
+        try:
+            yield
+        except BaseException as exc:
+            await lazy.end(exc)
+            raise
+        else:
+            await lazy.end(None)
+        finally:
+            self._lazy.reset(token)
+
+    async def _join(self) -> None:
+        lazy = self._lazy.get()
+        if lazy is not None and lazy.waiting and not self._in_my_transaction():
+            await lazy.join()
+
+    async def connection(self) -> sqlite3.Connection:
+        """The sqlite3 connection of this task's open transaction (statements on it commit with it)."""
+        if self._lazy.get() is not None:
+            await self._join()
+        if not self._in_my_transaction():
+            raise NoTransaction(
+                "store.connection() is for code running inside a transaction (a unit of work, a consumer's "
+                "handler, async with store.transaction()); outside one, use fetch() and run()"
+            )
+        return self._conn
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[SqliteStore]:
+        if self._in_my_transaction():
             async with self._savepoint():
                 yield self
             return
@@ -384,16 +436,26 @@ class SqliteStore:
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement on the loop's connection and return its rows (for tools and tests)."""
+        lazy = self._lazy.get()
+        if lazy is not None and lazy.waiting and not self._in_my_transaction():
+            raise NoTransaction(
+                "store.execute() inside a unit of work would commit on its own, outside the command's transaction; "
+                "use await uow.execute(sql, params) (or await store.fetch/run) instead"
+            )
         return self._conn.execute(sql, params).fetchall()
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one short query (``?`` placeholders; datetimes bound as ISO text)."""
+        """Rows of one short statement (``?`` placeholders; datetimes bound as ISO text); empty if it returns none."""
+        if self._lazy.get() is not None:
+            await self._join()
         if self._tx_active is not None:
             await self._wait_turn()
         return self._conn.execute(sql, _bind(params)).fetchall()
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Execute one short statement in its own transaction; returns the number of rows it changed."""
+        """Execute one short statement in its own transaction (or the task's open one); the rows it changed."""
+        if self._lazy.get() is not None:
+            await self._join()
         if self._tx_active is not None:
             if self._in_my_transaction():
                 return self._conn.execute(sql, _bind(params)).rowcount
@@ -408,6 +470,8 @@ class SqliteStore:
     async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Execute one statement for each row of parameters, all in one transaction."""
         bound = [_bind(row) for row in rows]
+        if self._lazy.get() is not None:
+            await self._join()
         if self._tx_active is not None:
             if self._in_my_transaction():
                 self._conn.executemany(sql, bound)

@@ -6,6 +6,7 @@
 - ``Harness`` — one bounded context's application on an in-memory store; handle commands, read events and publications.
 - ``AppFactory`` — what the harness builds an application with: ``build(store) -> Application``.
 - ``HarnessFactory`` — the type of the ``tidings_harness`` fixture.
+- ``drain`` — run the relay and consumers of a test until nothing is pending (the ``local:`` broker).
 - ``saga_scenario`` — start a given/when/then specification of one saga (``SagaScenario`` → ``SagaThen``).
 
 The fixtures ``tidings_sqlite_store``, ``tidings_postgres_store`` and ``tidings_harness`` come from
@@ -13,6 +14,7 @@ the pytest plugin installed with tidings (:mod:`tidings.testing.plugin`); nothin
 """
 
 from tidings.testing.aggregates import Outcome, Scenario, scenario
+from tidings.testing.drain import drain
 from tidings.testing.harness import AppFactory, Harness, HarnessFactory
 from tidings.testing.sagas import SagaScenario, SagaThen, saga_scenario
 
@@ -24,6 +26,7 @@ __all__ = [
     "SagaScenario",
     "SagaThen",
     "Scenario",
+    "drain",
     "saga_scenario",
     "scenario",
 ]
