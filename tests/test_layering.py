@@ -30,11 +30,13 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
     "brokers": frozenset({"domain", "messaging", "store", "brokers"}),
     "app": frozenset({"domain", "messaging", "store", "brokers", "app"}),
     "runtime": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime"}),
+    # Change data capture is a process beside the runtime's: it writes the outbox as the app layer does.
+    "cdc": frozenset({"domain", "messaging", "store", "app", "cdc"}),
     # The users' test kit drives applications and runtimes, never the operator surfaces.
     "testing": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "testing"}),
     "dashboard": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "dashboard"}),
     # The command line may start the dashboard and read the package facade (``__version__``).
-    "cli": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "dashboard", "cli", FACADE}),
+    "cli": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "cdc", "dashboard", "cli", FACADE}),
 }
 
 # Standard-library modules that do I/O or run concurrently; the domain is plain synchronous Python.
