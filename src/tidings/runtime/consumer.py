@@ -1467,8 +1467,12 @@ def _envelope_of(headers: dict[str, str]) -> Envelope:
 
 
 def _signature(error: BaseException) -> str:
-    """How a failure looks, to tell "the same error again" from another one."""
-    return f"{type(error).__qualname__}|{getattr(error, 'sqlstate', None)}|{str(error)[:500]}"
+    """How a failure looks, to tell "the same error again" from another one.
+
+    Only the first line of the message: PostgreSQL's detail lines quote the failing row, whose
+    generated ids differ on every attempt.
+    """
+    return f"{type(error).__qualname__}|{getattr(error, 'sqlstate', None)}|{str(error).partition(chr(10))[0][:500]}"
 
 
 def _short(value: str, limit: int = 80) -> str:
