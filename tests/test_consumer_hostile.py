@@ -49,7 +49,7 @@ async def all_acked(broker: LocalBroker, group: str = "numbers") -> bool:
     return bool(done) and int(done[0][0]) >= int(last)
 
 
-def spoiled(key: str, n: int, *, header: str | None = None, value: str = "", new_key: str | None = None) -> OutgoingMessage:
+def spoiled(key: str, n: int, *, header: str | None = None, value: Any = "", new_key: str | None = None) -> OutgoingMessage:
     """The n-th message of ``key`` with one header (or the key) replaced by ``value``."""
     good = message(key, n)
     headers = dict(good.headers)
@@ -73,6 +73,9 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "NUL in the event type": (dict(header="tidings-event_type", value="test.Numbered\x00"), "tidings-event_type"),
     "schema version over 32 bits": (dict(header="tidings-schema_version", value=str(2**40)), "tidings-schema_version"),
     "correlation id of 40 KB": (dict(header="tidings-correlation_id", value=noise(40_000)), "tidings-correlation_id"),
+    # Headers travel as JSON on the local log and Redis, so a foreign producer can send other types.
+    "tenant that is a number": (dict(header="tidings-tenant", value=5), "tidings-tenant"),
+    "schema version that is a list": (dict(header="tidings-schema_version", value=[2]), "tidings-schema_version"),
 }
 
 
