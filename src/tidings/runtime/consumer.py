@@ -36,7 +36,10 @@ backoff and jitter (``Retries.delayed``) while the message stays held, un-acked,
 then it is dead-lettered: the message, its error and traceback go to ``tidings_dead_letters`` with
 its inbox row, in one transaction, and it is acked. Errors no retry can fix go there at once:
 undecodable headers or payload, an unknown type, a version this code cannot read, failed validation,
-a wrong tenant, a payload over ``max_message_bytes``. With ``on_dead="park"`` (the default) the later messages of a dead message's key are
+a wrong tenant, a payload over ``max_message_bytes``, a header or key no column can hold (checked by
+:mod:`tidings.runtime.incoming` before anything is written), an event id applied before with a
+different payload (the inbox records a digest of each payload). A transaction that fails outside
+the handlers twice the same way dead-letters its message (docs/decisions/0017). With ``on_dead="park"`` (the default) the later messages of a dead message's key are
 stored as ``held`` behind it, so the key's order survives; ``"skip"`` lets them through. Other keys
 keep flowing either way. ``tidings dlq replay ID`` asks the running consumer to apply a dead
 message again (once: the status change commits with the effects), and then it releases the key's
