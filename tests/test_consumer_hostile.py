@@ -204,6 +204,32 @@ async def test_a_queued_write_that_fails_twice_the_same_way_dead_letters_its_mes
     assert sorted(n for (n,) in await store.fetch("SELECT n FROM strict_effects")) == [1, 12]
 
 
+async def test_a_handler_write_the_store_refuses_twice_the_same_way_dead_letters_its_message_without_more_retries(
+    store: Store, broker: LocalBroker
+) -> None:
+    # Given a handler that writes directly (not queued) a value a constraint refuses for one message only
+    serial = "BIGSERIAL PRIMARY KEY" if store.dialect == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    await store.run(f"CREATE TABLE strict_effects (id {serial}, n INTEGER NOT NULL CHECK (n <> 13))")
+    await publish(broker, [message("k", 12), message("k", 13), message("other", 1)])
+    consumer = Consumer("numbers", store, broker, registry=registry(), on_dead="skip")
+    runs: list[int] = []
+
+    @consumer.handler(Numbered)
+    async def record(event: Numbered, ctx: HandlerContext) -> None:
+        runs.append(event.n)
+        await ctx.tx.run("INSERT INTO strict_effects (n) VALUES (?)", (event.n,))
+
+    # When the consumer has settled all three
+    async with running(consumer) as run:
+        await run.until(lambda: all_acked(broker), "all are acked")
+
+    # Then #13 ran twice and is dead with the store's error; a handler's other errors keep their retries
+    [dead] = await DeadLetters(store).list(consumer="numbers")
+    assert (json.loads(dead.payload)["n"], dead.reason, dead.attempts) == (13, "its transaction failed twice the same way", 2)
+    assert runs.count(13) == 2
+    assert sorted(n for (n,) in await store.fetch("SELECT n FROM strict_effects")) == [1, 12]
+
+
 async def test_a_dead_letter_the_database_refuses_is_reported_and_waited_out_never_spun_on(
     store: Store, broker: LocalBroker, caplog: pytest.LogCaptureFixture
 ) -> None:

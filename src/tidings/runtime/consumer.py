@@ -38,8 +38,9 @@ its inbox row, in one transaction, and it is acked. Errors no retry can fix go t
 undecodable headers or payload, an unknown type, a version this code cannot read, failed validation,
 a wrong tenant, a payload over ``max_message_bytes``, a header or key no column can hold (checked by
 :mod:`tidings.runtime.incoming` before anything is written), an event id applied before with a
-different payload (the inbox records a digest of each payload). A transaction that fails outside
-the handlers twice the same way dead-letters its message (docs/decisions/0017). With ``on_dead="park"`` (the default) the later messages of a dead message's key are
+different payload (the inbox records a digest of each payload). A transaction the store fails twice
+the same way (a value it refuses, not a handler's own error) dead-letters its message
+(docs/decisions/0017). With ``on_dead="park"`` (the default) the later messages of a dead message's key are
 stored as ``held`` behind it, so the key's order survives; ``"skip"`` lets them through. Other keys
 keep flowing either way. ``tidings dlq replay ID`` asks the running consumer to apply a dead
 message again (once: the status change commits with the effects), and then it releases the key's
@@ -952,7 +953,11 @@ class Consumer:
             await self._apply(items)
         except _ItemFailed as failed:
             self.stats.rollbacks += 1
-            self._failed(items, failed.item, failed.error)
+            if classify(failed.error) == "data":
+                # The store refused a value the handler wrote: the same message will write it again.
+                self._transaction_failed(items, failed.item, failed.error)
+            else:
+                self._failed(items, failed.item, failed.error)
             return
         except asyncio.CancelledError:
             self._requeue(items)
@@ -1130,7 +1135,7 @@ class Consumer:
     # -- failures ------------------------------------------------------------------------------
 
     def _transaction_failed(self, items: list[_Item], item: _Item, error: BaseException) -> None:
-        """``item``'s transaction failed outside its handlers: its inbox row, a queued write, its dead letter, the commit.
+        """``item``'s transaction failed in the store: its inbox row, a write (queued or a handler's), its dead letter, the commit.
 
         The safety net under the checks of :mod:`tidings.runtime.incoming`: a failure that comes
         back the same way is not going to go away, so the second one dead-letters the message
