@@ -4,7 +4,8 @@ Scenarios: crash-writer, crash-relay, crash-consumer (kill -9 and start again), 
 private NATS, RabbitMQ, Redis or Kafka-compatible server stopped with SIGTERM or killed with SIGKILL,
 then started), db-restart (a private PostgreSQL cluster restarted fast or immediate), duplicate-and-reorder
 (deliveries shuffled across keys and some delivered twice), poison (bad messages at the broker, bad
-commands through the API).
+commands through the API), fuzz (garbage straight onto every broker — local, NATS, RabbitMQ, Redis,
+Kafka-compatible — between good messages, on SQLite and PostgreSQL; see faults/fuzz.py).
 
 The exit status is 1 when an invariant broke, and also when the run tested nothing: no command
 committed, no fault fired, or a commit nobody sent (``unintended``).
@@ -28,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seeds the fault plan: the same seed, the same plan")
     parser.add_argument("--scale", type=float, default=1.0, help="the short form's workload duration times this")
     parser.add_argument("--long", action="store_true", help="minutes of workload and thousands of commands")
-    parser.add_argument("--broker", choices=("nats", "rabbitmq", "redis", "kafka", "local"), default="nats",
-                        help="kafka is a private Kafka-compatible server (noida-db); local is the store's own log")
+    parser.add_argument("--broker", choices=("nats", "rabbitmq", "redis", "kafka", "local"), default=None,
+                        help="default nats (fuzz: every broker); kafka is a private Kafka-compatible server "
+                        "(noida-db); local is the store's own log")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line (always the last stdout line)")
     parser.add_argument("--plan", action="store_true", help="print the fault plan and exit without running it")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory and schema for inspection")
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         print(json.dumps(plan.as_dict()))
         return 0
-    result = asyncio.run(Run(plan, broker_name=args.broker, keep=args.keep).execute())
+    if args.scenario == "fuzz":
+        return _fuzz(args)
+    result = asyncio.run(Run(plan, broker_name=args.broker or "nats", keep=args.keep).execute())
     if args.json:
         print(json.dumps(result))
     else:
@@ -69,6 +73,20 @@ def verdict(result: dict[str, object]) -> list[str]:
     if result["faults_fired"] == 0:
         failures.append("no fault fired: the run tested nothing")
     return failures
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from faults.fuzz import BROKERS, run_all
+    from faults.harness import SHARED_POSTGRES, say
+
+    brokers = [args.broker] if args.broker else list(BROKERS)
+    result = asyncio.run(run_all(args.seed, long=args.long, brokers=brokers, postgres_url=SHARED_POSTGRES, say=say))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in result["total"].items():
+            print(f"{name:>18}: {value}")
+    return 0 if result["clean"] else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ SCENARIOS = (
     "db-restart",
     "duplicate-and-reorder",
     "poison",
+    "fuzz",
 )
 
 #: The kinds of poison, injected at the broker (parked by the consumer) or through the API (refused).

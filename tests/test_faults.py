@@ -184,3 +184,17 @@ def test_poison_at_the_broker_is_parked_and_through_the_api_refused_and_no_worke
     figures = run_faults("poison", "--seed", "15")
     assert_guarantees_held(figures)
     assert figures["poison_injected"] == 10 and figures["parked"] == 6 and figures["refused"] == 4, figures["_log"]
+
+
+def test_the_fuzz_scenario_prints_what_became_of_every_kind_and_exits_0_when_clean() -> None:
+    # The long form runs every broker on private servers; here the local one, which needs none.
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "faults", "fuzz", "--broker", "local", "--seed", "3", "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and figures["clean"], done.stderr[-3000:]
+    assert [(run["broker"], run["store"]) for run in figures["runs"]] == [("local", "sqlite"), ("local", "postgresql")]
+    total = figures["total"]
+    assert total["hot_loops"] == total["silent_drops"] == total["wrongly_applied"] == total["crashes"] == 0
+    assert total["applied"] == total["good"] and sum(total["dead_lettered"].values()) > 0

@@ -36,7 +36,11 @@ backoff and jitter (``Retries.delayed``) while the message stays held, un-acked,
 then it is dead-lettered: the message, its error and traceback go to ``tidings_dead_letters`` with
 its inbox row, in one transaction, and it is acked. Errors no retry can fix go there at once:
 undecodable headers or payload, an unknown type, a version this code cannot read, failed validation,
-a wrong tenant, a payload over ``max_message_bytes``. With ``on_dead="park"`` (the default) the later messages of a dead message's key are
+a wrong tenant, a payload over ``max_message_bytes``, a header or key no column can hold (checked by
+:mod:`tidings.runtime.incoming` before anything is written), an event id applied before with a
+different payload (the inbox records a digest of each payload). A transaction the store fails twice
+the same way (a value it refuses, not a handler's own error) dead-letters its message
+(docs/decisions/0017). With ``on_dead="park"`` (the default) the later messages of a dead message's key are
 stored as ``held`` behind it, so the key's order survives; ``"skip"`` lets them through. Other keys
 keep flowing either way. ``tidings dlq replay ID`` asks the running consumer to apply a dead
 message again (once: the status change commits with the effects), and then it releases the key's
@@ -71,6 +75,13 @@ from tidings.messaging.ids import new_id
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter
+from tidings.runtime.incoming import (
+    ReusedEventId,
+    check_envelope,
+    check_metadata,
+    payload_digest,
+    usable_event_id,
+)
 from tidings.runtime.shards import ShardOwnership, shard_of, shard_ownership
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, classify, is_transient, is_unavailable
@@ -100,6 +111,8 @@ HandlerFunction = Callable[[Any, "HandlerContext"], Awaitable[None]]
 _envelope_encoder = msgspec.json.Encoder()
 #: An ack that took longer than this waited for something (the network): ack the rest of its batch at once.
 _QUICK_ACK_S = 0.0002
+#: The longest wait between attempts to write a dead letter the store keeps refusing.
+_UNWRITABLE_CAP_S = 60.0
 
 
 class WrongTenant(MessageError):
@@ -153,6 +166,8 @@ class ConsumerStats:
     held: int = 0
     replayed: int = 0
     batches: int = 0
+    #: Transactions that failed and were rolled back (a handler raised, a write or the commit failed).
+    rollbacks: int = 0
 
 
 class HandlerContext:
@@ -278,7 +293,14 @@ class _Item:
     event: Any = None
     routes: Sequence[_Route] = ()
     verdict: _Verdict | None = None
+    #: The payload's digest, recorded with the inbox row: a reused event id with other bytes is not a redelivery.
+    digest: int = 0
+    reused_digest: int = 0
     failures: int = 0
+    #: How the last transaction of this item failed outside its handlers (type, SQLSTATE, message).
+    last_failure: str | None = None
+    #: How many times writing this item's dead letter failed.
+    unwritable: int = 0
     solo: bool = False
     error: BaseException | None = None
     trace: str = ""
@@ -733,15 +755,26 @@ class Consumer:
 
     def _item(self, delivery: Delivery, shard: int) -> _Item:
         """Read the envelope and the event; anything wrong with them is a verdict, decided before any transaction."""
-        item = _Item(delivery, shard, delivery.event_id)
+        item = _Item(delivery, shard, delivery.event_id, digest=payload_digest(delivery.payload))
+        # Nothing a column or an index cannot hold gets near one: such a value failed every
+        # transaction of its message, which was then retried forever (issue 15, finding 3).
+        invalid = check_metadata(delivery.headers, delivery.key)
+        if invalid is not None:
+            self._condemn_unread(item, invalid)
+            return item
         try:
             envelope = item.envelope = _envelope_of(delivery.headers)
         except Exception:
             try:
                 envelope = item.envelope = headers_to_envelope(delivery.headers)  # the thorough way, for its error
-            except ValueError as exc:
-                self._condemn(item, MalformedMessage("message envelope", str(exc)))
+            except (ValueError, TypeError) as exc:
+                self._condemn_unread(item, MalformedMessage("message envelope", str(exc)))
                 return item
+        out_of_range = check_envelope(envelope)
+        if out_of_range is not None:
+            item.envelope = None
+            self._condemn_unread(item, out_of_range)
+            return item
         # The envelope's id is the message's identity; a broker's own id (NATS: Nats-Msg-Id) is
         # only a copy of it, and a foreign publisher might have set it differently.
         item.event_id = envelope.event_id
@@ -782,6 +815,12 @@ class Consumer:
 
     def _condemn(self, item: _Item, error: BaseException) -> None:
         item.verdict = _Verdict("not retryable", _describe(error), _format_traceback(error), 0)
+
+    def _condemn_unread(self, item: _Item, error: BaseException) -> None:
+        """Dead-letter a message whose envelope could not be read, under an id the inbox can hold."""
+        delivery = item.delivery
+        item.event_id = usable_event_id(delivery.headers.get("tidings-event_id"), delivery.event_id, delivery.key, delivery.payload)
+        self._condemn(item, error)
 
     # -- lanes ---------------------------------------------------------------------------------
 
@@ -913,13 +952,19 @@ class Consumer:
         try:
             await self._apply(items)
         except _ItemFailed as failed:
-            self._failed(items, failed.item, failed.error)
+            self.stats.rollbacks += 1
+            if classify(failed.error) == "data":
+                # The store refused a value the handler wrote: the same message will write it again.
+                self._transaction_failed(items, failed.item, failed.error)
+            else:
+                self._failed(items, failed.item, failed.error)
             return
         except asyncio.CancelledError:
             self._requeue(items)
             self._done_with(items)
             raise
         except Exception as exc:
+            self.stats.rollbacks += 1
             if is_unavailable(exc):
                 self._database_down(exc)
                 self._requeue(items)
@@ -933,7 +978,7 @@ class Consumer:
                 self._requeue(items)
                 self._done_with(items)
                 return
-            self._failed(items, items[0], exc)
+            self._transaction_failed(items, items[0], exc)
             return
         self._db_failures = 0
         if self._state in {"database unavailable", "starting"}:
@@ -950,14 +995,16 @@ class Consumer:
         outcome: list[str] = []
         park = self.on_dead == "park"
         async with self.store.transaction():
-            fresh = await self._inbox(items)
-            for item in items:
-                if item.event_id not in fresh:
+            seen = await self._inbox(items)
+            for item, what in zip(items, seen, strict=True):
+                if what == "duplicate":
                     outcome.append("duplicate")
                     continue
-                fresh.discard(item.event_id)  # a second copy in this batch is a duplicate too
+                if what == "reused" and item.verdict is None:
+                    self._condemn(item, ReusedEventId(item.event_id, item.reused_digest, item.digest))
                 key = item.delivery.key
-                if park and (key in self._blocked or key in blocked_now):
+                # A reused id is dead even behind a dead head: held, it would be applied on release.
+                if park and (key in self._blocked or key in blocked_now) and what != "reused":
                     dead_rows.append(self._row(item, "held", "held behind an earlier dead letter of its key", "", ""))
                     outcome.append("held")
                     continue
@@ -992,25 +1039,79 @@ class Consumer:
                 self.stats.dead += 1
                 verdict = item.verdict
                 log.error(
-                    "consumer %s: dead-lettered %s %s of key %r: %s — %s",
+                    "consumer %s: dead-lettered %s %s of key %s: %s — %s",
                     self.name, item.envelope.event_type if item.envelope else "message", item.event_id,
-                    item.delivery.key, verdict.reason if verdict else "", verdict.error if verdict else "",
+                    _short(item.delivery.key), verdict.reason if verdict else "", (verdict.error if verdict else "")[:1000],
                 )
         if self.dead_letter_topic and "dead" in outcome:
             self._publish_dead([item for item, what in zip(items, outcome, strict=False) if what == "dead"])
 
-    async def _inbox(self, items: list[_Item]) -> set[str]:
-        """Insert the inbox rows of ``items``; the event ids that were new (the others were applied before)."""
-        ids = [item.event_id for item in items]
+    async def _inbox(self, items: list[_Item]) -> list[str]:
+        """Insert the inbox rows of ``items``; for each item "fresh", "duplicate" (applied before) or "reused".
+
+        "reused": its event id was applied before with a different payload. Each row records its
+        payload's digest; only when the batch has a known id does a second statement read the
+        recorded digests, and only a reused id costs a third, which records the reuse under a
+        marker id, so a redelivery of the same reusing message is a duplicate, dead-lettered once.
+        """
+        fresh = await self._insert_inbox([(item.event_id, item.digest) for item in items])
+        seen: list[str] = []
+        first: dict[str, int] = {}
+        known: list[int] = []
+        for index, item in enumerate(items):
+            if item.event_id in fresh:
+                fresh.discard(item.event_id)
+                first[item.event_id] = item.digest
+                seen.append("fresh")
+            elif item.event_id in first:  # a second copy in this batch
+                item.reused_digest = first[item.event_id]
+                seen.append("duplicate" if item.digest == first[item.event_id] else "reused")
+            else:
+                known.append(index)
+                seen.append("duplicate")
+        if known:
+            recorded = await self._recorded_digests(list({items[i].event_id for i in known}))
+            for index in known:
+                item = items[index]
+                digest = recorded.get(item.event_id)
+                if digest is not None and digest != item.digest:  # None: recorded before digests were
+                    item.reused_digest = digest
+                    seen[index] = "reused"
+        reused = [i for i, what in enumerate(seen) if what == "reused"]
+        if reused:
+            markers = {i: f"{items[i].event_id}#reused:{items[i].digest & 2**64 - 1:016x}" for i in reused}
+            new = await self._insert_inbox([(marker, items[i].digest) for i, marker in markers.items()])
+            for i, marker in markers.items():
+                if marker not in new:
+                    seen[i] = "duplicate"  # this very reuse was dead-lettered before
+                else:
+                    new.discard(marker)
+        return seen
+
+    async def _insert_inbox(self, rows: list[tuple[str, int]]) -> set[str]:
+        if self.store.dialect == "postgresql":
+            found = await self.store.fetch(
+                "INSERT INTO tidings_inbox (consumer, event_id, payload_digest) SELECT ?, * FROM unnest(?::text[], ?::bigint[]) "
+                "ON CONFLICT DO NOTHING RETURNING event_id",
+                (self.name, [r[0] for r in rows], [r[1] for r in rows]),
+            )
+        else:
+            found = await self.store.fetch(_sqlite_inbox(len(rows)), [v for r in rows for v in (self.name, *r)])
+        return {row[0] for row in found}
+
+    async def _recorded_digests(self, ids: list[str]) -> dict[str, int | None]:
         if self.store.dialect == "postgresql":
             rows = await self.store.fetch(
-                "INSERT INTO tidings_inbox (consumer, event_id) SELECT ?, unnest(?::text[]) "
-                "ON CONFLICT DO NOTHING RETURNING event_id",
+                "SELECT event_id, payload_digest FROM tidings_inbox WHERE consumer = ? AND event_id = ANY(?::text[])",
                 (self.name, ids),
             )
         else:
-            rows = await self.store.fetch(_sqlite_inbox(len(ids)), [value for i in ids for value in (self.name, i)])
-        return {row[0] for row in rows}
+            placeholders = ", ".join("?" for _ in ids)
+            rows = await self.store.fetch(
+                f"SELECT event_id, payload_digest FROM tidings_inbox WHERE consumer = ? AND event_id IN ({placeholders})",
+                (self.name, *ids),
+            )
+        return {event_id: digest for event_id, digest in rows}
 
     def _row(self, item: _Item, status: str, reason: str, error: str, trace: str, attempts: int = 0) -> NewDeadLetter:
         delivery, envelope = item.delivery, item.envelope
@@ -1032,6 +1133,44 @@ class Consumer:
         )
 
     # -- failures ------------------------------------------------------------------------------
+
+    def _transaction_failed(self, items: list[_Item], item: _Item, error: BaseException) -> None:
+        """``item``'s transaction failed in the store: its inbox row, a write (queued or a handler's), its dead letter, the commit.
+
+        The safety net under the checks of :mod:`tidings.runtime.incoming`: a failure that comes
+        back the same way is not going to go away, so the second one dead-letters the message
+        with the error, instead of the whole retry schedule. And when even its dead letter cannot
+        be written, the message is not spun on: it waits with backoff, un-acked (nothing is lost),
+        and each failed attempt is logged as an error — a store that refuses every dead letter
+        needs an operator.
+        """
+        signature = _signature(error)
+        if item.verdict is not None:
+            item.unwritable += 1
+            item.solo = True
+            # Not the handler's retry backoff (which may be milliseconds): this waits for an operator.
+            delay = min(_UNWRITABLE_CAP_S, 2.0 ** (item.unwritable - 1))
+            log.error(
+                "consumer %s: message %s of key %s could not be dead-lettered (%s: %s); trying again in %.1f s — "
+                "the store refuses the row, see the error",
+                self.name, _short(item.event_id), _short(item.delivery.key), item.verdict.reason, _describe(error), delay,
+            )
+            self._requeue(items)
+            key = item.delivery.key
+            self._timers[key] = asyncio.get_running_loop().call_later(delay, self._retry_due, key)
+            self._done_with(items)
+            return
+        if signature == item.last_failure:
+            item.failures += 1
+            item.error = error
+            item.trace = _format_traceback(error)
+            item.solo = True
+            item.verdict = _Verdict("its transaction failed twice the same way", _describe(error), item.trace, item.failures)
+            self._requeue(items)
+            self._done_with(items)
+            return
+        item.last_failure = signature
+        self._failed(items, item, error)
 
     def _failed(self, items: list[_Item], item: _Item, error: BaseException) -> None:
         """A handler of ``item`` raised: retry it now, later, or dead-letter it; its batch-mates run again."""
@@ -1307,8 +1446,11 @@ def _require_async(fn: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
 
 @lru_cache(maxsize=64)
 def _sqlite_inbox(count: int) -> str:
-    values = ", ".join(["(?, ?)"] * count)
-    return f"INSERT INTO tidings_inbox (consumer, event_id) VALUES {values} ON CONFLICT DO NOTHING RETURNING event_id"
+    values = ", ".join(["(?, ?, ?)"] * count)
+    return (
+        f"INSERT INTO tidings_inbox (consumer, event_id, payload_digest) VALUES {values} "
+        "ON CONFLICT DO NOTHING RETURNING event_id"
+    )
 
 
 def _envelope_of(headers: dict[str, str]) -> Envelope:
@@ -1330,6 +1472,21 @@ def _envelope_of(headers: dict[str, str]) -> Envelope:
         command_type=headers.get("tidings-command_type"),
         command_causation_id=headers.get("tidings-command_causation_id"),
     )
+
+
+def _signature(error: BaseException) -> str:
+    """How a failure looks, to tell "the same error again" from another one.
+
+    Only the first line of the message: PostgreSQL's detail lines quote the failing row, whose
+    generated ids differ on every attempt.
+    """
+    return f"{type(error).__qualname__}|{getattr(error, 'sqlstate', None)}|{str(error).partition(chr(10))[0][:500]}"
+
+
+def _short(value: str, limit: int = 80) -> str:
+    """A value for a log line: quoted, and cut short when long (keys and ids may be hostile)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _describe(error: BaseException) -> str:

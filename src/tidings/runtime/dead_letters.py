@@ -104,11 +104,17 @@ class DeadLetters:
         """Insert dead or held rows; called inside the consumer's transaction, with the inbox rows."""
         if not rows:
             return
+        # The row must be storable whatever the message held: a dead letter that cannot be written
+        # leaves its message un-acked for good. Text columns get escaped, bounded text; the headers
+        # are kept whole as ASCII JSON (NUL and lone surrogates escaped); the payload stays raw bytes.
         params = [
             (
-                consumer, r.topic, r.key, r.partition, r.event_id, r.event_type, r.schema_version,
-                json.dumps(r.headers, ensure_ascii=False), r.envelope.decode() if r.envelope is not None else None,
-                r.payload, r.reason, r.error, r.traceback, r.attempts, r.status,
+                consumer, column_text(r.topic, 512), column_text(r.key, 512), _int32(r.partition), column_text(r.event_id, 256),
+                None if r.event_type is None else column_text(r.event_type, 256),
+                None if r.schema_version is None or _int32(r.schema_version) != r.schema_version else r.schema_version,
+                json.dumps(r.headers, default=repr), r.envelope.decode() if r.envelope is not None else None,
+                r.payload, column_text(r.reason, 1000), column_text(r.error, 8000), column_text(r.traceback, 64_000),
+                r.attempts, r.status,
             )
             for r in rows
         ]
@@ -130,7 +136,7 @@ class DeadLetters:
         await self.store.run(
             f"UPDATE tidings_dead_letters SET status = 'dead', error = ?, traceback = ?, attempts = attempts + ?, "
             f"reason = ?, updated_at = {self._now} WHERE id = ?",
-            (error, traceback, attempts, reason, row_id),
+            (column_text(error, 8000), column_text(traceback, 64_000), attempts, column_text(reason, 1000), row_id),
         )
 
     async def blocking(self, consumer: str) -> dict[str, set[str]]:
@@ -253,6 +259,23 @@ class DeadLetters:
             (row.consumer, row.key, row.id),
         )
         return int(rows[0][0]) if rows else "(none left)"
+
+
+def column_text(value: str, limit: int) -> str:
+    """``value`` as any text column takes it: NUL bytes and lone surrogates escaped, cut at ``limit`` characters."""
+    if len(value) > limit:
+        value = f"{value[:limit]}… [{len(value) - limit} more characters]"
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
+def _int32(value: int) -> int:
+    return value if -(2**31) <= value < 2**31 else -1
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
