@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line (always the last stdout line)")
     parser.add_argument("--plan", action="store_true", help="print the fault plan and exit without running it")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory and schema for inspection")
+    parser.add_argument("--broker-stop", choices=("plan", "term"), default="plan",
+                        help="plan: stop the broker as the plan says (SIGKILL or SIGTERM); term: always SIGTERM")
     args = parser.parse_args(argv)
 
     if args.broker == "local" and args.scenario == "broker-restart":
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.scenario == "fuzz":
         return _fuzz(args)
-    result = asyncio.run(Run(plan, broker_name=args.broker or "nats", keep=args.keep).execute())
+    result = asyncio.run(Run(plan, broker_name=args.broker or "nats", keep=args.keep, graceful_only=args.broker_stop == "term").execute())
     if args.json:
         print(json.dumps(result))
     else:

@@ -59,6 +59,8 @@ class Run:
 
     plan: Plan
     broker_name: str = "nats"
+    #: Stop the broker with SIGTERM even where the plan says SIGKILL (``--broker-stop term``).
+    graceful_only: bool = False
     keep: bool = False
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tidings-faults-")))
     workers: dict[tuple[str, int], Worker] = field(default_factory=dict)
@@ -313,7 +315,7 @@ class Run:
             else:
                 say(f"t={now:.1f}s {role}-{fault.target} is still down from the last kill; nothing to kill")
         elif fault.action == "restart-broker":
-            kill = fault.detail == "kill" and self.broker.survives_kill
+            kill = fault.detail == "kill" and self.broker.survives_kill and not self.graceful_only
             if fault.detail == "kill" and not kill:
                 say(f"t={now:.1f}s the {self.broker_name} server keeps what it confirmed only across a graceful stop: SIGTERM, not SIGKILL")
             say(f"t={now:.1f}s {'killing (SIGKILL)' if kill else 'stopping (SIGTERM)'} the {self.broker_name} server for {fault.pause:g} s")
