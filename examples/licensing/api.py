@@ -8,25 +8,34 @@ header, on errors too. Errors map to statuses the same way in every context:
     ValidationError (a command field)     422  names the field and the message type
     request body / query does not parse   422  names the field (``body.price_cents``)
     DomainError, ConcurrencyError         409  the invariant or the race, as the domain said it
-    AggregateNotFound                     404  which aggregate and id
+    AggregateNotFound, WrongTenant        404  which aggregate and id (another tenant's looks unknown)
     MessageTooLarge                       413
 
-Each error body is ``{"error", "detail", "correlation_id", ...}`` with the field where there is one.
+Every error body, of every route and of this middleware, is ``examples.licensing.web.ErrorBody``
+(``{"error", "detail", "correlation_id", "field"?, "errors"?, ...}``), documented per route in the
+OpenAPI document with the statuses that route can answer.
+
+The caller's tenant is the ``X-Tenant`` header (documented on every route; a gateway in front of
+the platform sets it from the caller's credentials). With it, commands act only on that tenant's
+aggregates (another's is a 404), reads answer only that tenant's data, and every event the request
+causes carries the tenant, so the read models and consumers downstream keep it apart. Without it
+the platform is single-tenant.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from examples.licensing.web import error_responses, tenant_of
 from tidings.domain.errors import AggregateNotFound, ConcurrencyError, DomainError, ValidationError
 from tidings.messaging.errors import MessageError, MessageTooLarge
 from tidings.messaging.ids import new_id
@@ -88,8 +97,21 @@ def correlation_id_of(request: Request) -> str:
     return str(correlation_id)
 
 
+async def _correlation_header(
+    correlation_id: Annotated[
+        str | None,
+        Header(
+            alias=CORRELATION_HEADER,
+            pattern=f"^{_CORRELATION_ID.pattern}$",
+            description="your id for this request's flow (`tidings trace ID`); a new one is made without it",
+        ),
+    ] = None,
+) -> None:
+    """Documents X-Correlation-ID on every route (CorrelationIdMiddleware checks and uses it)."""
+
+
 def _error(status: int, error: str, detail: Any, correlation_id: str, **extra: Any) -> JSONResponse:
-    body = {"error": error, "detail": detail, **{k: v for k, v in extra.items() if v is not None}, "correlation_id": correlation_id}
+    body = {"error": error, "detail": str(detail), **{k: v for k, v in extra.items() if v is not None}, "correlation_id": correlation_id}
     return JSONResponse(body, status_code=status, headers={CORRELATION_HEADER: correlation_id})
 
 
@@ -174,7 +196,13 @@ def create_app(platform: Platform) -> FastAPI:
         log.exception("unhandled error in %s %s (correlation %s)", request.method, request.url.path, correlation_id)
         return _error(500, "internal_error", f"{type(exc).__name__}: the server failed; quote the correlation id", correlation_id)
 
-    @app.get("/health", tags=["platform"], summary="Liveness: the store answers, and which contexts and roles run")
+    @app.get(
+        "/health",
+        tags=["platform"],
+        summary="Liveness: the store answers, and which contexts and roles run",
+        dependencies=[Depends(_correlation_header)],
+        responses=error_responses(),
+    )
     async def health(request: Request) -> dict[str, Any]:
         """The platform's health: store reachable, contexts built (and missing), roles running."""
         try:
@@ -195,5 +223,9 @@ def create_app(platform: Platform) -> FastAPI:
 
     for name, parts in platform.contexts.items():
         if parts.router is not None:
-            app.include_router(parts.router(parts), prefix=f"/{name}")
+            app.include_router(
+                parts.router(parts),
+                prefix=f"/{name}",
+                dependencies=[Depends(_correlation_header), Depends(tenant_of)],
+            )
     return app

@@ -36,20 +36,21 @@ _MIGRATION_LOCK = 0x7469_6469_6E67
 
 _JOURNAL_COLUMNS = (
     "position, stream_id, stream_version, event_id::text, event_type, schema_version, occurred_at, "
-    "correlation_id::text, envelope::text, payload::text"
+    "correlation_id::text, envelope::text, payload::text, tenant"
 )
 _INSERT_JOURNAL = (
     "INSERT INTO tidings_journal (stream_id, stream_version, event_id, event_type, schema_version, "
     "occurred_at, correlation_id, envelope, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _UPSERT_STATE = (
-    "INSERT INTO tidings_aggregate_state (aggregate_type, aggregate_id, version, state) VALUES (%s, %s, %s, %s) "
+    "INSERT INTO tidings_aggregate_state (aggregate_type, aggregate_id, version, state, tenant) VALUES (%s, %s, %s, %s, %s) "
     "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version, "
     "state = excluded.state, updated_at = now()"
 )
 _UPSERT_SNAPSHOT = (
-    "INSERT INTO tidings_snapshots (stream_id, version, state) VALUES (%s, %s, %s) "
-    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now()"
+    "INSERT INTO tidings_snapshots (stream_id, version, state, tenant) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now(), "
+    "tenant = coalesce(tidings_snapshots.tenant, excluded.tenant)"
 )
 _INSERT_OUTBOX = (
     "INSERT INTO tidings_outbox (event_id, partition, partition_key, topic, event_type, envelope, payload) "
@@ -228,14 +229,14 @@ class PostgresStore:
 
     async def load_state(self, aggregate_type: str, aggregate_id: str) -> StateRow | None:
         row = await self._fetchone(
-            "SELECT version, state::text FROM tidings_aggregate_state WHERE aggregate_type = %s AND aggregate_id = %s",
+            "SELECT version, state::text, tenant FROM tidings_aggregate_state WHERE aggregate_type = %s AND aggregate_id = %s",
             (aggregate_type, aggregate_id),
         )
-        return None if row is None else StateRow(aggregate_type, aggregate_id, row[0], row[1].encode())
+        return None if row is None else StateRow(aggregate_type, aggregate_id, row[0], row[1].encode(), row[2])
 
     async def load_snapshot(self, stream_id: str) -> SnapshotRow | None:
-        row = await self._fetchone("SELECT version, state::text FROM tidings_snapshots WHERE stream_id = %s", (stream_id,))
-        return None if row is None else SnapshotRow(stream_id, row[0], row[1].encode())
+        row = await self._fetchone("SELECT version, state::text, tenant FROM tidings_snapshots WHERE stream_id = %s", (stream_id,))
+        return None if row is None else SnapshotRow(stream_id, row[0], row[1].encode(), row[2])
 
     async def load_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
         rows = await self._fetchall(
@@ -375,13 +376,14 @@ _STATE_CONFLICT = (
     "state = excluded.state, updated_at = now()"
 )
 _SNAPSHOT_CONFLICT = (
-    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now()"
+    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now(), "
+    "tenant = coalesce(tidings_snapshots.tenant, excluded.tenant)"
 )
 # (statement up to VALUES, placeholders per row, what follows the rows), in Changes' order.
 _PARTS = (
     (_INSERT_JOURNAL.split(" VALUES ", 1)[0], 9, ""),
-    (_UPSERT_STATE.split(" VALUES ", 1)[0], 4, _STATE_CONFLICT),
-    (_UPSERT_SNAPSHOT.split(" VALUES ", 1)[0], 3, _SNAPSHOT_CONFLICT),
+    (_UPSERT_STATE.split(" VALUES ", 1)[0], 5, _STATE_CONFLICT),
+    (_UPSERT_SNAPSHOT.split(" VALUES ", 1)[0], 4, _SNAPSHOT_CONFLICT),
     (_INSERT_OUTBOX.split(" VALUES ", 1)[0], 7, ""),
 )
 
@@ -405,9 +407,9 @@ def _commit_statement(changes: Changes) -> tuple[str, list[Any]]:
     for entry in changes.journal:
         params.extend(_journal_params(entry))
     for s in states:
-        params.extend((s.aggregate_type, s.aggregate_id, s.version, s.state.decode()))
+        params.extend((s.aggregate_type, s.aggregate_id, s.version, s.state.decode(), s.tenant))
     for snap in snapshots:
-        params.extend((snap.stream_id, snap.version, snap.state.decode()))
+        params.extend((snap.stream_id, snap.version, snap.state.decode(), snap.tenant))
     for o in changes.outbox:
         params.extend((o.event_id, o.partition, o.partition_key, o.topic, o.event_type, o.envelope.decode(), o.payload.decode()))
     shape = (len(changes.journal), len(states), len(snapshots), len(changes.outbox))
@@ -435,10 +437,10 @@ async def _commit_pipelined(conn: psycopg.AsyncConnection[Any], changes: Changes
             await cur.executemany(_INSERT_JOURNAL, [_journal_params(entry) for entry in changes.journal])
         if changes.states:
             await cur.executemany(
-                _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode()) for s in changes.states]
+                _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode(), s.tenant) for s in changes.states]
             )
         if changes.snapshots:
-            await cur.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode()) for s in changes.snapshots])
+            await cur.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode(), s.tenant) for s in changes.snapshots])
         if changes.outbox:
             await cur.executemany(
                 _INSERT_OUTBOX,
@@ -488,6 +490,7 @@ def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
         correlation_id=row[7],
         envelope=row[8].encode(),
         payload=row[9].encode(),
+        tenant=row[10],
     )
 
 

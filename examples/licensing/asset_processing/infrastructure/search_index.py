@@ -16,15 +16,20 @@ from datetime import datetime
 import msgspec
 
 from examples.licensing.contracts import AssetReadyForSearch
+from tidings.domain import ValidationError
 from tidings.messaging import Envelope
 from tidings.runtime import Projection, handles
 from tidings.store import Store
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "SearchEntry", "SearchIndex", "SearchQueries", "search_terms"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_QUERY_LENGTH", "MAX_QUERY_WORDS", "SearchEntry", "SearchIndex", "SearchQueries", "search_terms"]
 
 #: Results per query unless asked otherwise, and the most a query may ask for.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+#: The longest query, and the most words it may have: each word is one LIKE term of the query,
+#: and SQLite refuses an expression tree deeper than 1,000 ("Expression tree is too large").
+MAX_QUERY_LENGTH = 200
+MAX_QUERY_WORDS = 32
 
 TABLE = "asset_search_index"
 _COLUMNS = (
@@ -139,8 +144,14 @@ class SearchQueries:
         """Assets whose title, keywords, owner, format or camera contain every word of ``text``, by title; all if blank."""
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-        await self.prepare()
         terms = search_terms(text)
+        if len(text) > MAX_QUERY_LENGTH or len(terms) > MAX_QUERY_WORDS:
+            raise ValidationError(
+                f"a search has at most {MAX_QUERY_WORDS} words and {MAX_QUERY_LENGTH} characters, "
+                f"got {len(terms)} words in {len(text)}; search for fewer words",
+                field="q",
+            )
+        await self.prepare()
         where = " AND ".join(["search_text LIKE ? ESCAPE '!'"] * len(terms))
         sql = f"SELECT {_COLUMNS} FROM {TABLE} {'WHERE ' + where if where else ''} ORDER BY title, asset_id LIMIT ?"
         rows = await self.store.fetch(sql, (*(f"%{_escape_like(term)}%" for term in terms), limit))
