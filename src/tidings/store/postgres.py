@@ -25,6 +25,7 @@ from tidings.domain.errors import ConcurrencyError
 from tidings.store.lazy import LazyTransaction, NoTransaction
 from tidings.store.migrations import migrations_for
 from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, StoredEvent
+from tidings.store.row_security import TENANT_SETTING, check_tenant
 
 __all__ = ["PostgresStore"]
 
@@ -67,9 +68,13 @@ class PostgresStore:
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, pool: AsyncConnectionPool, *, schema: str | None = None) -> None:
+    def __init__(
+        self, url: str, pool: AsyncConnectionPool, *, schema: str | None = None, tenant: str | None = None
+    ) -> None:
         self.url = url
         self.schema = schema
+        #: The tenant every connection of this store acts for (row-level security), or None.
+        self.tenant = tenant
         self._pool = pool
         # One variable per store: a task may use stores of two databases at once.
         self._pinned: ContextVar[psycopg.AsyncConnection[Any] | None] = ContextVar(f"tidings_pinned_{id(self)}", default=None)
@@ -77,12 +82,18 @@ class PostgresStore:
 
     @classmethod
     async def open(
-        cls, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 10
+        cls, url: str, *, schema: str | None = None, tenant: str | None = None, min_size: int = 1, max_size: int = 10
     ) -> PostgresStore:
-        """Connect a pool to ``url``; with ``schema``, every table lives in (and is searched in) that schema."""
+        """Connect a pool to ``url``; with ``schema``, every table lives in (and is searched in) that schema.
+
+        With ``tenant``, every connection sets ``tidings.tenant``: where row-level security is on
+        (:func:`tidings.store.row_security.enable_row_security`), this store sees and writes only
+        that tenant's rows.
+        """
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": tuple_row}
-        if schema:
-            kwargs["options"] = f"-c search_path={schema}"
+        options = _session_options(schema, tenant)
+        if options:
+            kwargs["options"] = options
         pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=kwargs, open=False)
         try:
             await pool.open(wait=True, timeout=10)
@@ -94,7 +105,7 @@ class PostgresStore:
         if schema:
             async with pool.connection() as conn:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        return cls(url, pool, schema=schema)
+        return cls(url, pool, schema=schema, tenant=tenant)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -342,8 +353,9 @@ class PostgresStore:
     async def dedicated_connection(self) -> psycopg.AsyncConnection[Any]:
         """A connection outside the pool (for session advisory locks and LISTEN), same database and schema."""
         kwargs: dict[str, Any] = {"autocommit": True}
-        if self.schema:
-            kwargs["options"] = f"-c search_path={self.schema}"
+        options = _session_options(self.schema, self.tenant)
+        if options:
+            kwargs["options"] = options
         return await psycopg.AsyncConnection.connect(self.url, **kwargs)
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -353,6 +365,12 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall() if cur.description else []
+
+    async def execute_in_transaction(self, statements: Sequence[Any]) -> None:
+        """Run ``statements`` (SQL text or composed ``psycopg.sql``) in one transaction (for tools such as row security)."""
+        async with self._connection() as conn, conn.transaction():
+            for statement in statements:
+                await conn.execute(statement)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -455,6 +473,17 @@ async def _commit_pipelined(conn: psycopg.AsyncConnection[Any], changes: Changes
 def _qmark(sql: str) -> str:
     # Our SQL never contains a literal "?" or "%": the translation is a plain replace.
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _session_options(schema: str | None, tenant: str | None) -> str:
+    """The libpq ``options`` of every connection: the schema to search, and the tenant row security compares."""
+    options = []
+    if schema:
+        options.append(f"-c search_path={schema}")
+    if tenant is not None:
+        # check_tenant keeps it to characters that need no quoting in an options string.
+        options.append(f"-c {TENANT_SETTING}={check_tenant(tenant)}")
+    return " ".join(options)
 
 
 def _redacted(url: str) -> str:
