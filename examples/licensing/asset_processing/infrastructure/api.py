@@ -149,8 +149,9 @@ def router(parts: ContextParts) -> APIRouter:
         asset_id: Annotated[str, Path(pattern=LINE, max_length=MAX_ID_LENGTH)], request: Request
     ) -> AssetState:
         """An asset's state and how far its processing got; 404 for an unknown id (or another tenant's)."""
-        asset = await app.load(Asset, asset_id, tenant=command_context(request).tenant)
-        entry = await search.get(asset_id)
+        tenant = command_context(request).tenant
+        asset = await app.load(Asset, asset_id, tenant=tenant)
+        entry = await search.get(asset_id, tenant=tenant)
         return _state(asset, await _processing(parts, asset_id), entry is not None)
 
     @api.get("/search", response_model=SearchResults, responses=error_responses())
@@ -162,9 +163,11 @@ def router(parts: ContextParts) -> APIRouter:
             description="words that must all appear (title, keywords, owner, format, camera)",
         ),
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+        *,
+        request: Request,
     ) -> SearchResults:
-        """Assets ready for search whose text contains every word of ``q`` (all of them for an empty ``q``)."""
-        entries = await search.search(q, limit=limit)
+        """The caller's assets ready for search whose text contains every word of ``q`` (all of them for an empty ``q``)."""
+        entries = await search.search(q, limit=limit, tenant=command_context(request).tenant)
         return SearchResults(query=q, count=len(entries), results=[_result(entry) for entry in entries])
 
     return api

@@ -219,9 +219,9 @@ def router(parts: ContextParts) -> APIRouter:
         summary="Open investigations, newest first",
         responses=error_responses(),
     )
-    async def list_alerts(limit: int = Query(100, ge=1, le=1000)) -> list[AlertView]:
-        """The ComplianceAlertsFeed read model: open investigations, newest first."""
-        return [AlertView.of(alert) for alert in await alerts(limit)]
+    async def list_alerts(request: Request, limit: int = Query(100, ge=1, le=1000)) -> list[AlertView]:
+        """The ComplianceAlertsFeed read model: the caller's open investigations, newest first."""
+        return [AlertView.of(alert) for alert in await alerts(limit, tenant=command_context(request).tenant)]
 
     @api.post(
         "/partner-feed",

@@ -163,8 +163,11 @@ def router(parts: ContextParts) -> APIRouter:
         return LicenseView.of(await app.load(License, license_id, tenant=command_context(request).tenant))
 
     @api.get("/usage-by-day", response_model=list[DayUsageView], responses=error_responses())
-    async def get_usage_by_day(start: IsoDate | None = None, end: IsoDate | None = None) -> list[DayUsageView]:
-        """Purchases and usage per UTC day from ``start`` to ``end`` (inclusive), oldest first."""
-        return [DayUsageView(**asdict(day)) for day in await usage_by_day(start, end)]
+    async def get_usage_by_day(
+        request: Request, start: IsoDate | None = None, end: IsoDate | None = None
+    ) -> list[DayUsageView]:
+        """The caller's purchases and usage per UTC day from ``start`` to ``end`` (inclusive), oldest first."""
+        days = await usage_by_day(start, end, tenant=command_context(request).tenant)
+        return [DayUsageView(**asdict(day)) for day in days]
 
     return api
