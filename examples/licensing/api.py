@@ -9,7 +9,7 @@ header, on errors too. Errors map to statuses the same way in every context:
     request body / query does not parse   422  names the field (``body.price_cents``)
     DomainError, ConcurrencyError         409  the invariant or the race, as the domain said it
     AggregateNotFound, WrongTenant        404  which aggregate and id (another tenant's looks unknown)
-    MessageTooLarge                       413
+    MessageTooLarge, a body over its limit 413
 
 Every error body, of every route and of this middleware, is ``examples.licensing.web.ErrorBody``
 (``{"error", "detail", "correlation_id", "field"?, "errors"?, ...}``), documented per route in the
@@ -35,7 +35,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from examples.licensing.web import error_responses, tenant_of
+from examples.licensing.compliance.infrastructure.api import MAX_BATCH_BYTES
+from examples.licensing.web import MAX_BODY_BYTES, error_responses, tenant_of
 from tidings.domain.errors import AggregateNotFound, ConcurrencyError, DomainError, ValidationError
 from tidings.messaging.errors import MessageError, MessageTooLarge
 from tidings.messaging.ids import new_id
@@ -43,7 +44,7 @@ from tidings.messaging.ids import new_id
 if TYPE_CHECKING:
     from examples.licensing.platform import Platform
 
-__all__ = ["CORRELATION_HEADER", "CorrelationIdMiddleware", "correlation_id_of", "create_app"]
+__all__ = ["CORRELATION_HEADER", "BodyLimitMiddleware", "CorrelationIdMiddleware", "correlation_id_of", "create_app"]
 
 log = logging.getLogger("examples.licensing.api")
 
@@ -89,6 +90,44 @@ class CorrelationIdMiddleware:
         await self.app(scope, receive, send_with_header)
 
 
+class BodyLimitMiddleware:
+    """ASGI middleware: refuse a request body over its path's limit with 413, before it is held in memory whole.
+
+    A declared Content-Length over the limit is refused at once; a body that streams past it (no
+    or a false Content-Length) stops the route's read with the same 413. Both answers carry the
+    platform's error body, which FastAPI's own limit (plain text, outside our middleware) would not.
+    """
+
+    def __init__(self, app: ASGIApp, *, default: int, by_path: dict[str, int] | None = None) -> None:
+        self.app = app
+        self.default = default
+        self.by_path = dict(by_path or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.by_path.get(scope["path"], self.default)
+        too_large = f"the request body is over the limit of {limit} bytes for {scope['path']}; send less, or split it"
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            correlation_id = scope.get("state", {}).get("correlation_id") or new_id()
+            await _error(413, "body_too_large", too_large, correlation_id)(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise StarletteHTTPException(413, too_large)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
 def correlation_id_of(request: Request) -> str:
     """The correlation id of ``request`` (set by the middleware; a new one if the middleware did not run)."""
     correlation_id = getattr(request.state, "correlation_id", None)
@@ -130,6 +169,8 @@ def create_app(platform: Platform) -> FastAPI:
         ),
     )
     app.state.platform = platform
+    # Added first, so it runs inside the correlation middleware and its 413 carries the id.
+    app.add_middleware(BodyLimitMiddleware, default=MAX_BODY_BYTES, by_path={"/compliance/partner-feed": MAX_BATCH_BYTES})
     app.add_middleware(CorrelationIdMiddleware)
 
     @app.exception_handler(ValidationError)
@@ -184,7 +225,8 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        response = _error(exc.status_code, "http_error", exc.detail, correlation_id_of(request))
+        error = "body_too_large" if exc.status_code == 413 else "http_error"
+        response = _error(exc.status_code, error, exc.detail, correlation_id_of(request))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response

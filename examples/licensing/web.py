@@ -29,6 +29,7 @@ __all__ = [
     "Integer",
     "IsoDate",
     "LINE",
+    "MAX_BODY_BYTES",
     "PARAGRAPH",
     "Problem",
     "RequestBody",
@@ -38,6 +39,10 @@ __all__ = [
     "error_responses",
     "tenant_of",
 ]
+
+#: The largest request body a route reads, unless it says otherwise (a command is a few hundred
+#: bytes); a bigger one is refused with 413 while it arrives, before it is held in memory whole.
+MAX_BODY_BYTES = 1024 * 1024
 
 #: The largest integer both stores hold (SQLite INTEGER and PostgreSQL BIGINT are signed 64-bit).
 BIGINT_MAX = 2**63 - 1
@@ -113,7 +118,7 @@ _MEANINGS = {
     400: "the body is not text in UTF-8, so it cannot be read as JSON",
     404: "no such aggregate for the caller's tenant",
     409: "refused by an invariant, or lost a race with a concurrent change (reload and retry)",
-    413: "a message the request causes is over the size limit",
+    413: "the request body, or a message the request causes, is over its size limit",
     422: "a field or header is missing, of the wrong type or out of bounds",
     503: "a broker the request needs is not available; send the same request again",
 }

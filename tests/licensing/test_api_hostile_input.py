@@ -78,3 +78,27 @@ async def test_true_is_not_a_number_of_uses(client: httpx.AsyncClient, platform:
     assert_refused(response, 422, "uses")
     license = (await client.get(f"/licensing/licenses/{license_id}")).json()
     assert license["used"] == 0
+
+
+async def test_a_body_over_the_size_limit_is_413_before_it_is_read_whole(client: httpx.AsyncClient) -> None:
+    huge_offer = b'{"asset_id": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+    response = await client.post("/licensing/licenses", content=huge_offer, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "body_too_large", response.json()
+    assert response.json()["correlation_id"] == response.headers["X-Correlation-ID"]
+    huge_batch = b"\n".join([b'{"report_id": "R"}'] * 1_000_000)  # 19 MB
+    response = await client.post(
+        "/compliance/partner-feed", params={"partner": "acme"}, content=huge_batch, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert response.status_code == 413, response.text
+    assert "16777216 bytes" in response.json()["detail"]
+
+
+async def test_a_body_that_streams_past_the_limit_without_saying_so_is_413(client: httpx.AsyncClient) -> None:
+    async def chunks():  # no Content-Length: the limit must be counted as the body arrives
+        for _ in range(40):
+            yield b"a" * 65_536
+
+    response = await client.post("/licensing/licenses", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "body_too_large" and "limit of 1048576 bytes" in response.json()["detail"]

@@ -177,6 +177,11 @@ _PARTNER_FEED_BODY: dict[str, Any] = {
 }
 
 
+#: The largest partner batch one request may carry (the other routes take at most web.MAX_BODY_BYTES);
+#: the composition root's BodyLimitMiddleware enforces it.
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
 def router(parts: ContextParts) -> APIRouter:
     """Compliance's endpoints over ``parts`` (its application, the alerts query and the partner-feed consumer)."""
     app = parts.application
@@ -232,7 +237,7 @@ def router(parts: ContextParts) -> APIRouter:
         status_code=status.HTTP_202_ACCEPTED,
         summary="Accept a legacy partner batch (JSON array or NDJSON) for the ACL",
         openapi_extra={"requestBody": _PARTNER_FEED_BODY},
-        responses=error_responses(503),
+        responses=error_responses(413, 503),
     )
     async def partner_feed(
         request: Request,
