@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -79,6 +80,17 @@ async def test_a_query_of_one_tenant_finds_no_aggregate_of_another(store: Store)
 
 
 # -- row-level security on PostgreSQL ------------------------------------------------------------
+
+
+async def test_a_store_bound_to_a_tenant_is_a_postgresql_option_and_sqlite_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="row-level security; SQLite has none"):
+        await open_store(f"sqlite:///{tmp_path / 'one.db'}", tenant="acme")
+
+
+async def test_a_tenant_that_could_break_the_connection_options_is_refused() -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    with pytest.raises(ValueError, match="a tenant is 1 to 64 letters"):
+        await open_store(POSTGRES_URL, tenant="acme -c search_path=elsewhere")
 
 
 @pytest.fixture

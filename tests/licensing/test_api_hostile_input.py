@@ -102,3 +102,26 @@ async def test_a_body_that_streams_past_the_limit_without_saying_so_is_413(clien
     response = await client.post("/licensing/licenses", content=chunks(), headers={"Content-Type": "application/json"})
     assert response.status_code == 413, response.text
     assert response.json()["error"] == "body_too_large" and "limit of 1048576 bytes" in response.json()["detail"]
+
+
+async def test_the_acl_dead_letters_the_unreadable_partner_records_it_was_handed_with_reasons(
+    client: httpx.AsyncClient, platform: Platform
+) -> None:
+    lines = b"\n".join([b"[" * 20_000 + b"]" * 20_000, b'{"report_id": "R-\xff\xfe", "license": "x"}', b"\xc3\x28 not text"])
+    response = await client.post(
+        "/compliance/partner-feed", params={"partner": "acme"}, content=lines, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert response.status_code == 202, response.text
+    await platform.start(("consumers",))
+
+    async def dead_letters() -> list[tuple[str, str]]:
+        rows = await platform.store.fetch(
+            "SELECT reason, error FROM tidings_dead_letters WHERE consumer = 'compliance.partner-feed' ORDER BY id"
+        )
+        return [(str(reason), str(error)) for reason, error in rows]
+
+    async def all_dead() -> bool:
+        return len(await dead_letters()) == 3
+
+    assert await platform.settle(all_dead, timeout=20), await dead_letters()
+    assert all(reason and error for reason, error in await dead_letters())
