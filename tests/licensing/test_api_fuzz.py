@@ -23,9 +23,10 @@ from examples.licensing.api import create_app
 from examples.licensing.kernel import Settings
 from examples.licensing.platform import Platform
 
-#: Examples per operation; with a fixed seed the run is the same every time.
+#: Examples per operation; with a fixed seed the run is the same every time (both can be overridden
+#: from the environment for a longer or different search: TIDINGS_FUZZ_EXAMPLES, TIDINGS_FUZZ_SEED).
 EXAMPLES = int(os.environ.get("TIDINGS_FUZZ_EXAMPLES", "25"))
-SEED = 20261204
+SEED = int(os.environ.get("TIDINGS_FUZZ_SEED", "20261204"))
 
 
 class _PlatformApp:
