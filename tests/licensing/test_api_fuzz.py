@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,12 +35,12 @@ class _PlatformApp:
 
     def __init__(self) -> None:
         self.inner: Any = None
-        self._folder = Path(tempfile.mkdtemp(prefix="tidings-fuzz-"))
-        self.cases = 0
 
     @contextlib.asynccontextmanager
     async def _platform(self) -> AsyncIterator[None]:
-        platform = await Platform(f"sqlite:///{self._folder / 'fuzz.db'}", "local:", settings=Settings(stall_after=60)).open()
+        # A fresh database for each lifespan (loading the schema runs one of its own).
+        folder = Path(tempfile.mkdtemp(prefix="tidings-fuzz-"))
+        platform = await Platform(f"sqlite:///{folder / 'fuzz.db'}", "local:", settings=Settings(stall_after=60)).open()
         assert platform.projector is not None
         await platform.projector.prepare()  # as Platform.start does for the api role
         self.inner = create_app(platform)
@@ -47,6 +48,7 @@ class _PlatformApp:
             yield
         finally:
             await platform.close()
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -57,7 +59,6 @@ class _PlatformApp:
                 message = await receive()
                 await send({"type": "lifespan.shutdown.complete"})
             return
-        self.cases += 1
         await self.inner(scope, receive, send)
 
 
