@@ -410,9 +410,9 @@ async def test_stored_event_newer_than_the_code_fails_clearly(store: Store) -> N
 
 
 async def _overage_flow(app: Application, context: MessageContext) -> tuple[str, CommandResult, CommandResult]:
-    """Offer (own context), then purchase and report usage over the allowance under ``context``."""
+    """Offer (own correlation, same tenant), then purchase and report usage over the allowance under ``context``."""
     license_id = new_id()
-    await app.handle(OfferLicense(license_id=license_id, product="Editor", allowance=1))
+    await app.handle(OfferLicense(license_id=license_id, product="Editor", allowance=1), context=MessageContext(tenant=context.tenant))
     purchase = await app.handle(PurchaseLicense(license_id=license_id, buyer="ada"), context=context)
     usage = await app.handle(ReportUsage(license_id=license_id, units=3), context=context)
     return license_id, purchase, usage

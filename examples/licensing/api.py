@@ -8,25 +8,35 @@ header, on errors too. Errors map to statuses the same way in every context:
     ValidationError (a command field)     422  names the field and the message type
     request body / query does not parse   422  names the field (``body.price_cents``)
     DomainError, ConcurrencyError         409  the invariant or the race, as the domain said it
-    AggregateNotFound                     404  which aggregate and id
-    MessageTooLarge                       413
+    AggregateNotFound, WrongTenant        404  which aggregate and id (another tenant's looks unknown)
+    MessageTooLarge, a body over its limit 413
 
-Each error body is ``{"error", "detail", "correlation_id", ...}`` with the field where there is one.
+Every error body, of every route and of this middleware, is ``examples.licensing.web.ErrorBody``
+(``{"error", "detail", "correlation_id", "field"?, "errors"?, ...}``), documented per route in the
+OpenAPI document with the statuses that route can answer.
+
+The caller's tenant is the ``X-Tenant`` header (documented on every route; a gateway in front of
+the platform sets it from the caller's credentials). With it, commands act only on that tenant's
+aggregates (another's is a 404), reads answer only that tenant's data, and every event the request
+causes carries the tenant, so the read models and consumers downstream keep it apart. Without it
+the platform is single-tenant.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from examples.licensing.compliance.infrastructure.api import MAX_BATCH_BYTES
+from examples.licensing.web import MAX_BODY_BYTES, error_responses, tenant_of
 from tidings.domain.errors import AggregateNotFound, ConcurrencyError, DomainError, ValidationError
 from tidings.messaging.errors import MessageError, MessageTooLarge
 from tidings.messaging.ids import new_id
@@ -34,7 +44,7 @@ from tidings.messaging.ids import new_id
 if TYPE_CHECKING:
     from examples.licensing.platform import Platform
 
-__all__ = ["CORRELATION_HEADER", "CorrelationIdMiddleware", "correlation_id_of", "create_app"]
+__all__ = ["CORRELATION_HEADER", "BodyLimitMiddleware", "CorrelationIdMiddleware", "correlation_id_of", "create_app"]
 
 log = logging.getLogger("examples.licensing.api")
 
@@ -80,6 +90,44 @@ class CorrelationIdMiddleware:
         await self.app(scope, receive, send_with_header)
 
 
+class BodyLimitMiddleware:
+    """ASGI middleware: refuse a request body over its path's limit with 413, before it is held in memory whole.
+
+    A declared Content-Length over the limit is refused at once; a body that streams past it (no
+    or a false Content-Length) stops the route's read with the same 413. Both answers carry the
+    platform's error body, which FastAPI's own limit (plain text, outside our middleware) would not.
+    """
+
+    def __init__(self, app: ASGIApp, *, default: int, by_path: dict[str, int] | None = None) -> None:
+        self.app = app
+        self.default = default
+        self.by_path = dict(by_path or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.by_path.get(scope["path"], self.default)
+        too_large = f"the request body is over the limit of {limit} bytes for {scope['path']}; send less, or split it"
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            correlation_id = scope.get("state", {}).get("correlation_id") or new_id()
+            await _error(413, "body_too_large", too_large, correlation_id)(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise StarletteHTTPException(413, too_large)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
 def correlation_id_of(request: Request) -> str:
     """The correlation id of ``request`` (set by the middleware; a new one if the middleware did not run)."""
     correlation_id = getattr(request.state, "correlation_id", None)
@@ -88,8 +136,21 @@ def correlation_id_of(request: Request) -> str:
     return str(correlation_id)
 
 
+async def _correlation_header(
+    correlation_id: Annotated[
+        str | None,
+        Header(
+            alias=CORRELATION_HEADER,
+            pattern=f"^{_CORRELATION_ID.pattern}$",
+            description="your id for this request's flow (`tidings trace ID`); a new one is made without it",
+        ),
+    ] = None,
+) -> None:
+    """Documents X-Correlation-ID on every route (CorrelationIdMiddleware checks and uses it)."""
+
+
 def _error(status: int, error: str, detail: Any, correlation_id: str, **extra: Any) -> JSONResponse:
-    body = {"error": error, "detail": detail, **{k: v for k, v in extra.items() if v is not None}, "correlation_id": correlation_id}
+    body = {"error": error, "detail": str(detail), **{k: v for k, v in extra.items() if v is not None}, "correlation_id": correlation_id}
     return JSONResponse(body, status_code=status, headers={CORRELATION_HEADER: correlation_id})
 
 
@@ -108,6 +169,8 @@ def create_app(platform: Platform) -> FastAPI:
         ),
     )
     app.state.platform = platform
+    # Added first, so it runs inside the correlation middleware and its 413 carries the id.
+    app.add_middleware(BodyLimitMiddleware, default=MAX_BODY_BYTES, by_path={"/compliance/partner-feed": MAX_BATCH_BYTES})
     app.add_middleware(CorrelationIdMiddleware)
 
     @app.exception_handler(ValidationError)
@@ -162,7 +225,8 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        response = _error(exc.status_code, "http_error", exc.detail, correlation_id_of(request))
+        error = "body_too_large" if exc.status_code == 413 else "http_error"
+        response = _error(exc.status_code, error, exc.detail, correlation_id_of(request))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
@@ -174,7 +238,13 @@ def create_app(platform: Platform) -> FastAPI:
         log.exception("unhandled error in %s %s (correlation %s)", request.method, request.url.path, correlation_id)
         return _error(500, "internal_error", f"{type(exc).__name__}: the server failed; quote the correlation id", correlation_id)
 
-    @app.get("/health", tags=["platform"], summary="Liveness: the store answers, and which contexts and roles run")
+    @app.get(
+        "/health",
+        tags=["platform"],
+        summary="Liveness: the store answers, and which contexts and roles run",
+        dependencies=[Depends(_correlation_header)],
+        responses=error_responses(),
+    )
     async def health(request: Request) -> dict[str, Any]:
         """The platform's health: store reachable, contexts built (and missing), roles running."""
         try:
@@ -195,5 +265,9 @@ def create_app(platform: Platform) -> FastAPI:
 
     for name, parts in platform.contexts.items():
         if parts.router is not None:
-            app.include_router(parts.router(parts), prefix=f"/{name}")
+            app.include_router(
+                parts.router(parts),
+                prefix=f"/{name}",
+                dependencies=[Depends(_correlation_header), Depends(tenant_of)],
+            )
     return app

@@ -188,8 +188,11 @@ class Platform:
             await self.open()
         running = self._running = _Running(asyncio.Event())
         stop = running.stop
-        if "projector" in chosen and self.projector is not None:
+        if chosen & {"projector", "api"} and self.projector is not None:
+            # The API reads the projections' tables: without them its read routes would fail
+            # in a process that runs the API alone.
             await self.projector.prepare()
+        if "projector" in chosen and self.projector is not None:
             running.tasks["projector"] = asyncio.create_task(self.projector.run(stop), name="projector")
         if "consumers" in chosen:
             for consumer in self.consumers:

@@ -171,7 +171,7 @@ class _Story:
         invalid = await self.call("POST", "/asset_processing/assets", json={**self._upload_body("Bad", "image/jpeg"), "checksum": "not-a-digest"})
         self.expect(
             "an upload with a malformed checksum is 422 naming the field",
-            invalid.status_code == 422 and invalid.json().get("field") == "checksum",
+            invalid.status_code == 422 and invalid.json().get("field") == "body.checksum",
             f"{invalid.status_code} {invalid.text}",
         )
         unknown = await self.call("GET", "/asset_processing/assets/no-such-asset")

@@ -15,6 +15,7 @@ from tidings.domain import (
     StateStoredAggregate,
     TidingsError,
     ValidationError,
+    WrongTenant,
     applies,
 )
 from tidings.messaging import (
@@ -55,6 +56,7 @@ __all__ = [
     "UnknownCommand",
     "UnknownMessageType",
     "ValidationError",
+    "WrongTenant",
     "applies",
     "open_store",
 ]

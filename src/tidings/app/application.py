@@ -102,9 +102,12 @@ class Application:
         """
         return self.repository.registry
 
-    async def load(self, aggregate_type: type[A], aggregate_id: str) -> A:
-        """The aggregate as last committed, outside any command (for queries and tests); AggregateNotFound if absent."""
-        aggregate = await self.repository.load(aggregate_type, aggregate_id)
+    async def load(self, aggregate_type: type[A], aggregate_id: str, *, tenant: str | None = None) -> A:
+        """The aggregate as last committed, outside any command (for queries and tests); AggregateNotFound if absent.
+
+        With a ``tenant``, another tenant's aggregate is WrongTenant (an AggregateNotFound).
+        """
+        aggregate = await self.repository.load(aggregate_type, aggregate_id, tenant=tenant)
         if aggregate is None:
             raise AggregateNotFound(aggregate_type.aggregate_type, aggregate_id)
         return aggregate
@@ -179,6 +182,7 @@ class Application:
         command_id = new_id()
         unit = _Commit(self, context, command_id, command.message_name)
         uow = UnitOfWork(self)
+        uow.tenant = context.tenant
         # The command causes its events; what caused the command (a consumer's message) goes on
         # those events as command_causation_id, so a trace leads message → command → events.
         uow.causation_id = command_id
@@ -290,10 +294,12 @@ class _Commit:
             every = aggregate.snapshot_every
             if not aggregate.event_sourced:
                 state = repository.codec(type(aggregate)).encode(aggregate.state())
-                changes.states.append(StateRow(aggregate.aggregate_type, aggregate.id, aggregate.version, state))
+                changes.states.append(
+                    StateRow(aggregate.aggregate_type, aggregate.id, aggregate.version, state, self.context.tenant)
+                )
             elif every and aggregate.version // every > loaded // every:
                 state = repository.codec(type(aggregate)).encode(aggregate.state())
-                changes.snapshots.append(SnapshotRow(stream_id, aggregate.version, state))
+                changes.snapshots.append(SnapshotRow(stream_id, aggregate.version, state, self.context.tenant))
         for publication in uow.publications:
             assert publication.partition_key is not None  # keyed by UnitOfWork.resolve_keys
             cause = publication.cause

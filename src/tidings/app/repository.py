@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from tidings.domain.aggregate import Aggregate
+from tidings.domain.errors import WrongTenant
 from tidings.messaging.registry import MessageRegistry
 from tidings.messaging.state import StateCodec
 from tidings.store.base import Store
@@ -50,12 +51,17 @@ class Repository:
             return None
         return aggregate_type.restore(aggregate_id, snapshot.version, self.codec(aggregate_type).decode(snapshot.state))
 
-    async def load(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
-        """The aggregate as last committed, or None if it was never saved."""
+    async def load(self, aggregate_type: type[A], aggregate_id: str, *, tenant: str | None = None) -> A | None:
+        """The aggregate as last committed, or None if it was never saved.
+
+        With a ``tenant``, an aggregate another tenant owns (or none) raises WrongTenant: this is
+        the one place where loads for commands and queries are checked (docs/decisions/0018).
+        """
         if not aggregate_type.event_sourced:
             row = await self.store.load_state(aggregate_type.aggregate_type, aggregate_id)
             if row is None:
                 return None
+            _check_tenant(aggregate_type, aggregate_id, tenant, row.tenant)
             return aggregate_type.restore(aggregate_id, row.version, self.codec(aggregate_type).decode(row.state))
 
         if aggregate_type not in self._known:
@@ -64,15 +70,26 @@ class Repository:
         stream_id = stream_id_of(aggregate_type.aggregate_type, aggregate_id)
         aggregate: A | None = None
         after = 0
+        owner: str | None = None
         if aggregate_type.snapshot_every:
             snapshot = await self.store.load_snapshot(stream_id)
             if snapshot is not None:
                 aggregate = aggregate_type.restore(aggregate_id, snapshot.version, self.codec(aggregate_type).decode(snapshot.state))
-                after = snapshot.version
+                after, owner = snapshot.version, snapshot.tenant
         stored = await self.store.load_stream(stream_id, after)
         if aggregate is None:
             if not stored:
                 return None
             aggregate = aggregate_type.restore(aggregate_id, 0, {})
+            owner = stored[0].tenant  # the tenant of the event that created it
+        _check_tenant(aggregate_type, aggregate_id, tenant, owner)
         aggregate.replay(self.registry.decode(e.event_type, e.schema_version, e.payload) for e in stored)  # type: ignore[misc]
         return aggregate
+
+
+def _check_tenant(aggregate_type: type[Aggregate], aggregate_id: str, tenant: str | None, owner: str | None) -> None:
+    # Without a tenant the caller is the platform itself (a single-tenant deployment, an operator's
+    # tool): it may load anything. With one, only what that tenant owns; an aggregate created
+    # without a tenant belongs to no tenant.
+    if tenant is not None and owner != tenant:
+        raise WrongTenant(aggregate_type.aggregate_type, aggregate_id, tenant)

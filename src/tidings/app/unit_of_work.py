@@ -60,6 +60,8 @@ class UnitOfWork:
         #: The message being handled right now: the command's id, then each event's as the bus runs.
         self.causation_id: str = ""
         self.cause: Envelope | None = None
+        #: The tenant the command runs for: it loads only that tenant's aggregates (None: any).
+        self.tenant: str | None = None
 
     async def get(self, aggregate_type: type[A], aggregate_id: str) -> A:
         """The aggregate with that id, loaded once per unit of work; AggregateNotFound if it does not exist."""
@@ -69,12 +71,12 @@ class UnitOfWork:
         return aggregate
 
     async def find(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
-        """Like :meth:`get`, but None when the aggregate does not exist."""
+        """Like :meth:`get`, but None when the aggregate does not exist (WrongTenant if another tenant's)."""
         key = (aggregate_type, aggregate_id)
         tracked = self._aggregates.get(key)
         if tracked is not None:
             return tracked  # type: ignore[return-value]
-        aggregate = await self._app.repository.load(aggregate_type, aggregate_id)
+        aggregate = await self._app.repository.load(aggregate_type, aggregate_id, tenant=self.tenant)
         if aggregate is not None:
             self._track(key, aggregate)
         return aggregate

@@ -7,6 +7,7 @@ from tidings.domain.errors import (
     DomainError,
     TidingsError,
     ValidationError,
+    WrongTenant,
 )
 from tidings.domain.messages import Command, DomainEvent, Message
 
@@ -22,5 +23,6 @@ __all__ = [
     "StateStoredAggregate",
     "TidingsError",
     "ValidationError",
+    "WrongTenant",
     "applies",
 ]

@@ -8,6 +8,7 @@ __all__ = [
     "ValidationError",
     "ConcurrencyError",
     "AggregateNotFound",
+    "WrongTenant",
 ]
 
 
@@ -68,3 +69,22 @@ class AggregateNotFound(TidingsError):
         self.aggregate_type = aggregate_type
         self.aggregate_id = aggregate_id
         super().__init__(f"{aggregate_type} {aggregate_id} does not exist — check the id, or create it first")
+
+
+class WrongTenant(AggregateNotFound):
+    """The aggregate belongs to another tenant than the one the command or query runs for.
+
+    An AggregateNotFound, so an API answers it as it answers an unknown id (404) and a caller
+    learns nothing of other tenants' aggregates; the message says what to check.
+    """
+
+    def __init__(self, aggregate_type: str, aggregate_id: str, tenant: str) -> None:
+        self.tenant = tenant
+        super().__init__(aggregate_type, aggregate_id)
+        self.args = (
+            f"{aggregate_type} {aggregate_id} is not an aggregate of tenant {tenant!r} — one tenant can neither "
+            "read nor change another's; check the id and the tenant the command runs for",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])

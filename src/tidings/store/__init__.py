@@ -41,7 +41,8 @@ DEFAULT_DATABASE_URL = "sqlite:///tidings.db"
 async def open_store(url: str | None = None, *, migrate: bool | None = None, **options: Any) -> Store:
     """Open the store named by ``url`` (or ``TIDINGS_DATABASE_URL``, or the embedded default).
 
-    ``sqlite:///path/to/file.db`` (``sqlite:///:memory:`` for a throwaway one) or ``postgresql://…``.
+    ``sqlite:///path/to/file.db`` (``sqlite:///:memory:`` for a throwaway one) or ``postgresql://…``
+    (options: ``schema=``, and ``tenant=`` for row-level security, see tidings.store.row_security).
     Migrations run automatically for SQLite; for PostgreSQL pass ``migrate=True`` or run
     ``tidings db migrate`` once per deployment.
     """
@@ -51,6 +52,12 @@ async def open_store(url: str | None = None, *, migrate: bool | None = None, **o
         from tidings.store.sqlite import SqliteStore
 
         path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
+        if options.get("tenant") is not None:
+            raise ValueError(
+                "open_store(tenant=…) binds a PostgreSQL store to one tenant for row-level security; SQLite has "
+                "none — isolate tenants with MessageContext(tenant=…) on each command (docs/decisions/0018)"
+            )
+        options.pop("tenant", None)
         store = SqliteStore(path, **options)
         migrate = True if migrate is None else migrate
     elif url.startswith(("postgresql://", "postgres://")):

@@ -25,6 +25,7 @@ from tidings.domain.errors import ConcurrencyError
 from tidings.store.lazy import LazyTransaction, NoTransaction
 from tidings.store.migrations import migrations_for
 from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, StoredEvent
+from tidings.store.row_security import TENANT_SETTING, check_tenant
 
 __all__ = ["PostgresStore"]
 
@@ -36,20 +37,21 @@ _MIGRATION_LOCK = 0x7469_6469_6E67
 
 _JOURNAL_COLUMNS = (
     "position, stream_id, stream_version, event_id::text, event_type, schema_version, occurred_at, "
-    "correlation_id::text, envelope::text, payload::text"
+    "correlation_id::text, envelope::text, payload::text, tenant"
 )
 _INSERT_JOURNAL = (
     "INSERT INTO tidings_journal (stream_id, stream_version, event_id, event_type, schema_version, "
     "occurred_at, correlation_id, envelope, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _UPSERT_STATE = (
-    "INSERT INTO tidings_aggregate_state (aggregate_type, aggregate_id, version, state) VALUES (%s, %s, %s, %s) "
+    "INSERT INTO tidings_aggregate_state (aggregate_type, aggregate_id, version, state, tenant) VALUES (%s, %s, %s, %s, %s) "
     "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version, "
     "state = excluded.state, updated_at = now()"
 )
 _UPSERT_SNAPSHOT = (
-    "INSERT INTO tidings_snapshots (stream_id, version, state) VALUES (%s, %s, %s) "
-    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now()"
+    "INSERT INTO tidings_snapshots (stream_id, version, state, tenant) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now(), "
+    "tenant = coalesce(tidings_snapshots.tenant, excluded.tenant)"
 )
 _INSERT_OUTBOX = (
     "INSERT INTO tidings_outbox (event_id, partition, partition_key, topic, event_type, envelope, payload) "
@@ -66,9 +68,13 @@ class PostgresStore:
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, pool: AsyncConnectionPool, *, schema: str | None = None) -> None:
+    def __init__(
+        self, url: str, pool: AsyncConnectionPool, *, schema: str | None = None, tenant: str | None = None
+    ) -> None:
         self.url = url
         self.schema = schema
+        #: The tenant every connection of this store acts for (row-level security), or None.
+        self.tenant = tenant
         self._pool = pool
         # One variable per store: a task may use stores of two databases at once.
         self._pinned: ContextVar[psycopg.AsyncConnection[Any] | None] = ContextVar(f"tidings_pinned_{id(self)}", default=None)
@@ -76,12 +82,18 @@ class PostgresStore:
 
     @classmethod
     async def open(
-        cls, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 10
+        cls, url: str, *, schema: str | None = None, tenant: str | None = None, min_size: int = 1, max_size: int = 10
     ) -> PostgresStore:
-        """Connect a pool to ``url``; with ``schema``, every table lives in (and is searched in) that schema."""
+        """Connect a pool to ``url``; with ``schema``, every table lives in (and is searched in) that schema.
+
+        With ``tenant``, every connection sets ``tidings.tenant``: where row-level security is on
+        (:func:`tidings.store.row_security.enable_row_security`), this store sees and writes only
+        that tenant's rows.
+        """
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": tuple_row}
-        if schema:
-            kwargs["options"] = f"-c search_path={schema}"
+        options = _session_options(schema, tenant)
+        if options:
+            kwargs["options"] = options
         pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=kwargs, open=False)
         try:
             await pool.open(wait=True, timeout=10)
@@ -93,7 +105,7 @@ class PostgresStore:
         if schema:
             async with pool.connection() as conn:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        return cls(url, pool, schema=schema)
+        return cls(url, pool, schema=schema, tenant=tenant)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -228,14 +240,14 @@ class PostgresStore:
 
     async def load_state(self, aggregate_type: str, aggregate_id: str) -> StateRow | None:
         row = await self._fetchone(
-            "SELECT version, state::text FROM tidings_aggregate_state WHERE aggregate_type = %s AND aggregate_id = %s",
+            "SELECT version, state::text, tenant FROM tidings_aggregate_state WHERE aggregate_type = %s AND aggregate_id = %s",
             (aggregate_type, aggregate_id),
         )
-        return None if row is None else StateRow(aggregate_type, aggregate_id, row[0], row[1].encode())
+        return None if row is None else StateRow(aggregate_type, aggregate_id, row[0], row[1].encode(), row[2])
 
     async def load_snapshot(self, stream_id: str) -> SnapshotRow | None:
-        row = await self._fetchone("SELECT version, state::text FROM tidings_snapshots WHERE stream_id = %s", (stream_id,))
-        return None if row is None else SnapshotRow(stream_id, row[0], row[1].encode())
+        row = await self._fetchone("SELECT version, state::text, tenant FROM tidings_snapshots WHERE stream_id = %s", (stream_id,))
+        return None if row is None else SnapshotRow(stream_id, row[0], row[1].encode(), row[2])
 
     async def load_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
         rows = await self._fetchall(
@@ -341,8 +353,9 @@ class PostgresStore:
     async def dedicated_connection(self) -> psycopg.AsyncConnection[Any]:
         """A connection outside the pool (for session advisory locks and LISTEN), same database and schema."""
         kwargs: dict[str, Any] = {"autocommit": True}
-        if self.schema:
-            kwargs["options"] = f"-c search_path={self.schema}"
+        options = _session_options(self.schema, self.tenant)
+        if options:
+            kwargs["options"] = options
         return await psycopg.AsyncConnection.connect(self.url, **kwargs)
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -352,6 +365,12 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall() if cur.description else []
+
+    async def execute_in_transaction(self, statements: Sequence[Any]) -> None:
+        """Run ``statements`` (SQL text or composed ``psycopg.sql``) in one transaction (for tools such as row security)."""
+        async with self._connection() as conn, conn.transaction():
+            for statement in statements:
+                await conn.execute(statement)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -375,13 +394,14 @@ _STATE_CONFLICT = (
     "state = excluded.state, updated_at = now()"
 )
 _SNAPSHOT_CONFLICT = (
-    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now()"
+    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, created_at = now(), "
+    "tenant = coalesce(tidings_snapshots.tenant, excluded.tenant)"
 )
 # (statement up to VALUES, placeholders per row, what follows the rows), in Changes' order.
 _PARTS = (
     (_INSERT_JOURNAL.split(" VALUES ", 1)[0], 9, ""),
-    (_UPSERT_STATE.split(" VALUES ", 1)[0], 4, _STATE_CONFLICT),
-    (_UPSERT_SNAPSHOT.split(" VALUES ", 1)[0], 3, _SNAPSHOT_CONFLICT),
+    (_UPSERT_STATE.split(" VALUES ", 1)[0], 5, _STATE_CONFLICT),
+    (_UPSERT_SNAPSHOT.split(" VALUES ", 1)[0], 4, _SNAPSHOT_CONFLICT),
     (_INSERT_OUTBOX.split(" VALUES ", 1)[0], 7, ""),
 )
 
@@ -405,9 +425,9 @@ def _commit_statement(changes: Changes) -> tuple[str, list[Any]]:
     for entry in changes.journal:
         params.extend(_journal_params(entry))
     for s in states:
-        params.extend((s.aggregate_type, s.aggregate_id, s.version, s.state.decode()))
+        params.extend((s.aggregate_type, s.aggregate_id, s.version, s.state.decode(), s.tenant))
     for snap in snapshots:
-        params.extend((snap.stream_id, snap.version, snap.state.decode()))
+        params.extend((snap.stream_id, snap.version, snap.state.decode(), snap.tenant))
     for o in changes.outbox:
         params.extend((o.event_id, o.partition, o.partition_key, o.topic, o.event_type, o.envelope.decode(), o.payload.decode()))
     shape = (len(changes.journal), len(states), len(snapshots), len(changes.outbox))
@@ -435,10 +455,10 @@ async def _commit_pipelined(conn: psycopg.AsyncConnection[Any], changes: Changes
             await cur.executemany(_INSERT_JOURNAL, [_journal_params(entry) for entry in changes.journal])
         if changes.states:
             await cur.executemany(
-                _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode()) for s in changes.states]
+                _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode(), s.tenant) for s in changes.states]
             )
         if changes.snapshots:
-            await cur.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode()) for s in changes.snapshots])
+            await cur.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode(), s.tenant) for s in changes.snapshots])
         if changes.outbox:
             await cur.executemany(
                 _INSERT_OUTBOX,
@@ -453,6 +473,17 @@ async def _commit_pipelined(conn: psycopg.AsyncConnection[Any], changes: Changes
 def _qmark(sql: str) -> str:
     # Our SQL never contains a literal "?" or "%": the translation is a plain replace.
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _session_options(schema: str | None, tenant: str | None) -> str:
+    """The libpq ``options`` of every connection: the schema to search, and the tenant row security compares."""
+    options = []
+    if schema:
+        options.append(f"-c search_path={schema}")
+    if tenant is not None:
+        # check_tenant keeps it to characters that need no quoting in an options string.
+        options.append(f"-c {TENANT_SETTING}={check_tenant(tenant)}")
+    return " ".join(options)
 
 
 def _redacted(url: str) -> str:
@@ -488,6 +519,7 @@ def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
         correlation_id=row[7],
         envelope=row[8].encode(),
         payload=row[9].encode(),
+        tenant=row[10],
     )
 
 

@@ -37,6 +37,8 @@ class StoredEvent:
     correlation_id: str
     envelope: bytes
     payload: bytes
+    #: The tenant of the envelope (None on a single-tenant platform).
+    tenant: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,6 +49,8 @@ class StateRow:
     aggregate_id: str
     version: int
     state: bytes
+    #: The tenant that owns the aggregate: written when the row is created, never changed by an update.
+    tenant: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,6 +60,8 @@ class SnapshotRow:
     stream_id: str
     version: int
     state: bytes
+    #: The tenant that owns the aggregate: written with the first snapshot, kept by later ones.
+    tenant: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

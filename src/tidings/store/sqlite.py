@@ -34,20 +34,21 @@ _TABLES = frozenset(
 
 _JOURNAL_COLUMNS = (
     "position, stream_id, stream_version, event_id, event_type, schema_version, occurred_at, "
-    "correlation_id, envelope, payload"
+    "correlation_id, envelope, payload, tenant"
 )
 _INSERT_JOURNAL = (
     "INSERT INTO tidings_journal (stream_id, stream_version, event_id, event_type, schema_version, "
     "occurred_at, correlation_id, envelope, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_STATE = (
-    "INSERT INTO tidings_aggregate_state (aggregate_type, aggregate_id, version, state) VALUES (?, ?, ?, ?) "
+    "INSERT INTO tidings_aggregate_state (aggregate_type, aggregate_id, version, state, tenant) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version, "
     "state = excluded.state, updated_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')"
 )
 _UPSERT_SNAPSHOT = (
-    "INSERT INTO tidings_snapshots (stream_id, version, state) VALUES (?, ?, ?) "
-    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state"
+    "INSERT INTO tidings_snapshots (stream_id, version, state, tenant) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, "
+    "tenant = coalesce(tidings_snapshots.tenant, excluded.tenant)"
 )
 _INSERT_OUTBOX = (
     "INSERT INTO tidings_outbox (event_id, partition, partition_key, topic, event_type, envelope, payload) "
@@ -259,18 +260,18 @@ class SqliteStore:
         if self._tx_active is not None:
             await self._wait_turn()
         row = self._conn.execute(
-            "SELECT version, state FROM tidings_aggregate_state WHERE aggregate_type = ? AND aggregate_id = ?",
+            "SELECT version, state, tenant FROM tidings_aggregate_state WHERE aggregate_type = ? AND aggregate_id = ?",
             (aggregate_type, aggregate_id),
         ).fetchone()
-        return None if row is None else StateRow(aggregate_type, aggregate_id, row[0], row[1].encode())
+        return None if row is None else StateRow(aggregate_type, aggregate_id, row[0], row[1].encode(), row[2])
 
     async def load_snapshot(self, stream_id: str) -> SnapshotRow | None:
         if self._tx_active is not None:
             await self._wait_turn()
         row = self._conn.execute(
-            "SELECT version, state FROM tidings_snapshots WHERE stream_id = ?", (stream_id,)
+            "SELECT version, state, tenant FROM tidings_snapshots WHERE stream_id = ?", (stream_id,)
         ).fetchone()
-        return None if row is None else SnapshotRow(stream_id, row[0], row[1].encode())
+        return None if row is None else SnapshotRow(stream_id, row[0], row[1].encode(), row[2])
 
     async def load_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
         if self._tx_active is not None:
@@ -396,10 +397,10 @@ class SqliteStore:
         conn.executemany(_INSERT_JOURNAL, [_journal_params(entry) for entry in changes.journal])
         if changes.states:
             conn.executemany(
-                _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode()) for s in changes.states]
+                _UPSERT_STATE, [(s.aggregate_type, s.aggregate_id, s.version, s.state.decode(), s.tenant) for s in changes.states]
             )
         if changes.snapshots:
-            conn.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode()) for s in changes.snapshots])
+            conn.executemany(_UPSERT_SNAPSHOT, [(s.stream_id, s.version, s.state.decode(), s.tenant) for s in changes.snapshots])
         if changes.outbox:
             conn.executemany(
                 _INSERT_OUTBOX,
@@ -542,6 +543,7 @@ def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
         correlation_id=row[7],
         envelope=row[8].encode(),
         payload=row[9].encode(),
+        tenant=row[10],
     )
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "FORMATS",
     "MAX_TITLE_LENGTH",
     "MAX_KEYWORDS",
+    "MAX_SIZE_BYTES",
     "UploadAsset",
     "ExtractMetadata",
     "IndexAsset",
@@ -26,6 +27,9 @@ MEDIA_TYPES = frozenset(
 FORMATS = frozenset({"jpeg", "png", "tiff", "webp", "heic", "mp4", "mov"})
 MAX_TITLE_LENGTH = 200
 MAX_KEYWORDS = 50
+#: The largest file the platform takes (1 TiB): inside the 64-bit integers every store and read
+#: model holds, where 2**63 bytes was accepted and then dead-lettered by the search index.
+MAX_SIZE_BYTES = 2**40
 
 # Lowercase only: the checksum is part of the asset's derived id, so "AB…" and "ab…" must not be
 # two spellings of one file that slip past the duplicate check.
@@ -66,6 +70,8 @@ class UploadAsset(Command, name="asset_processing.UploadAsset"):
             raise _invalid(self, "media_type", f"must be one of {choices}; got {self.media_type!r}")
         if self.size_bytes <= 0:
             raise _invalid(self, "size_bytes", f"must be positive, got {self.size_bytes}")
+        if self.size_bytes > MAX_SIZE_BYTES:
+            raise _invalid(self, "size_bytes", f"must be at most {MAX_SIZE_BYTES} (1 TiB), got {self.size_bytes}")
         if not _SHA256_HEX.fullmatch(self.checksum):
             raise _invalid(self, "checksum", "must be a SHA-256 digest: 64 lowercase hexadecimal characters")
 

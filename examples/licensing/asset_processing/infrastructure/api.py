@@ -8,20 +8,23 @@ AggregateNotFound into 404, and set the ``X-Correlation-ID`` header.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from examples.licensing.asset_processing.application import AWAITING_INDEX, AWAITING_METADATA, AssetProcessing
 from examples.licensing.asset_processing.domain import Asset, UploadAsset
+from examples.licensing.asset_processing.domain.commands import MAX_SIZE_BYTES, MAX_TITLE_LENGTH, MEDIA_TYPES
 from examples.licensing.asset_processing.infrastructure.search_index import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    MAX_QUERY_LENGTH,
     SearchEntry,
     SearchQueries,
 )
 from examples.licensing.kernel import ContextParts
-from tidings.messaging import MessageContext
+from examples.licensing.web import LINE, Integer, RequestBody, command_context, error_responses
 from tidings.runtime.sagas import list_archived
 
 __all__ = [
@@ -39,14 +42,20 @@ INDEXED = "indexed"
 PROCESSING_OUTCOMES = {"completed": "complete", "compensated": "stalled"}
 
 
-class UploadAssetRequest(BaseModel):
+#: Longest owner id an upload may carry.
+MAX_ID_LENGTH = 200
+MediaType = Literal[tuple(sorted(MEDIA_TYPES))]  # type: ignore[valid-type]
+
+
+class UploadAssetRequest(RequestBody):
     """The body of POST /assets: the fields of the UploadAsset command."""
 
-    owner_id: str = Field(examples=["ada"])
-    title: str = Field(examples=["Harbour at dawn"])
-    media_type: str = Field(examples=["image/jpeg"])
-    size_bytes: int = Field(examples=[2_400_000])
+    owner_id: str = Field(pattern=LINE, max_length=MAX_ID_LENGTH, examples=["ada"])
+    title: str = Field(pattern=LINE, max_length=MAX_TITLE_LENGTH, examples=["Harbour at dawn"])
+    media_type: MediaType = Field(examples=["image/jpeg"])
+    size_bytes: Integer = Field(ge=1, le=MAX_SIZE_BYTES, examples=[2_400_000])
     checksum: str = Field(
+        pattern="^[0-9a-f]{64}$",
         description="SHA-256 of the file, 64 lowercase hex characters",
         examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
     )
@@ -127,37 +136,41 @@ def router(parts: ContextParts) -> APIRouter:
     search: SearchQueries = parts.extras["search"]
     api = APIRouter(tags=["asset processing"])
 
-    @api.post("/assets", status_code=202, response_model=UploadAccepted)
+    @api.post("/assets", status_code=202, response_model=UploadAccepted, responses=error_responses(400, 404, 409, 413))
     async def upload_asset(body: UploadAssetRequest, request: Request, response: Response) -> UploadAccepted:
         """Upload an asset; its metadata extraction, indexing and search listing follow asynchronously."""
         command = UploadAsset(**body.model_dump())
-        result = await app.handle(command, context=_context(request))
+        result = await app.handle(command, context=command_context(request))
         response.headers["Location"] = str(request.url_for("get_asset", asset_id=command.asset_id))
         return UploadAccepted(asset_id=command.asset_id, correlation_id=result.correlation_id)
 
-    @api.get("/assets/{asset_id}", response_model=AssetState, name="get_asset")
-    async def get_asset(asset_id: str) -> AssetState:
-        """An asset's state and how far its processing got; 404 for an unknown id."""
-        asset = await app.load(Asset, asset_id)
-        entry = await search.get(asset_id)
+    @api.get("/assets/{asset_id}", response_model=AssetState, name="get_asset", responses=error_responses(404))
+    async def get_asset(
+        asset_id: Annotated[str, Path(pattern=LINE, max_length=MAX_ID_LENGTH)], request: Request
+    ) -> AssetState:
+        """An asset's state and how far its processing got; 404 for an unknown id (or another tenant's)."""
+        tenant = command_context(request).tenant
+        asset = await app.load(Asset, asset_id, tenant=tenant)
+        entry = await search.get(asset_id, tenant=tenant)
         return _state(asset, await _processing(parts, asset_id), entry is not None)
 
-    @api.get("/search", response_model=SearchResults)
+    @api.get("/search", response_model=SearchResults, responses=error_responses())
     async def search_assets(
-        q: str = Query("", description="words that must all appear (title, keywords, owner, format, camera)"),
+        q: str = Query(
+            "",
+            max_length=MAX_QUERY_LENGTH,
+            pattern="^[^\\x00-\\x1f\\x7f]*$",
+            description="words that must all appear (title, keywords, owner, format, camera)",
+        ),
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+        *,
+        request: Request,
     ) -> SearchResults:
-        """Assets ready for search whose text contains every word of ``q`` (all of them for an empty ``q``)."""
-        entries = await search.search(q, limit=limit)
+        """The caller's assets ready for search whose text contains every word of ``q`` (all of them for an empty ``q``)."""
+        entries = await search.search(q, limit=limit, tenant=command_context(request).tenant)
         return SearchResults(query=q, count=len(entries), results=[_result(entry) for entry in entries])
 
     return api
-
-
-def _context(request: Request) -> MessageContext:
-    # The composition root's middleware puts the request's correlation id here (taken from the
-    # X-Correlation-ID header or made up); without it the command's id becomes the correlation.
-    return MessageContext(correlation_id=getattr(request.state, "correlation_id", None))
 
 
 async def _processing(parts: ContextParts, asset_id: str) -> str:

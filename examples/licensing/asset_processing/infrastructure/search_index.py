@@ -16,15 +16,20 @@ from datetime import datetime
 import msgspec
 
 from examples.licensing.contracts import AssetReadyForSearch
+from tidings.domain import ValidationError
 from tidings.messaging import Envelope
 from tidings.runtime import Projection, handles
 from tidings.store import Store
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "SearchEntry", "SearchIndex", "SearchQueries", "search_terms"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_QUERY_LENGTH", "MAX_QUERY_WORDS", "SearchEntry", "SearchIndex", "SearchQueries", "search_terms"]
 
 #: Results per query unless asked otherwise, and the most a query may ask for.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+#: The longest query, and the most words it may have: each word is one LIKE term of the query,
+#: and SQLite refuses an expression tree deeper than 1,000 ("Expression tree is too large").
+MAX_QUERY_LENGTH = 200
+MAX_QUERY_WORDS = 32
 
 TABLE = "asset_search_index"
 _COLUMNS = (
@@ -42,7 +47,7 @@ class SearchIndex(Projection, name="SearchIndex"):
             "asset_id TEXT PRIMARY KEY, owner_id TEXT NOT NULL, title TEXT NOT NULL, media_type TEXT NOT NULL, "
             "size_bytes BIGINT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, format TEXT NOT NULL, "
             "camera_make TEXT, camera_model TEXT, captured_at TEXT, keywords TEXT NOT NULL, "
-            "search_text TEXT NOT NULL, ready_at TEXT NOT NULL);"
+            "search_text TEXT NOT NULL, ready_at TEXT NOT NULL, tenant TEXT NOT NULL);"
             "CREATE INDEX IF NOT EXISTS {asset_search_index}_by_title ON {asset_search_index} (title, asset_id)"
         )
     }
@@ -52,8 +57,8 @@ class SearchIndex(Projection, name="SearchIndex"):
         """Add the asset (or refresh it: a republished event writes the same row again)."""
         self.execute(
             "INSERT INTO {asset_search_index} (asset_id, owner_id, title, media_type, size_bytes, width, height, "
-            "format, camera_make, camera_model, captured_at, keywords, search_text, ready_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "format, camera_make, camera_model, captured_at, keywords, search_text, ready_at, tenant) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (asset_id) DO UPDATE SET owner_id = excluded.owner_id, title = excluded.title, "
             "media_type = excluded.media_type, size_bytes = excluded.size_bytes, width = excluded.width, "
             "height = excluded.height, format = excluded.format, camera_make = excluded.camera_make, "
@@ -74,6 +79,7 @@ class SearchIndex(Projection, name="SearchIndex"):
                 msgspec.json.encode(list(event.keywords)).decode(),
                 _searchable_text(event),
                 envelope.occurred_at.isoformat(),
+                envelope.tenant or "",  # '' for none: a tenant's search lists only its own assets
             ),
         )
 
@@ -135,21 +141,38 @@ class SearchQueries:
             self._prepared = False
             raise
 
-    async def search(self, text: str = "", *, limit: int = DEFAULT_LIMIT) -> list[SearchEntry]:
-        """Assets whose title, keywords, owner, format or camera contain every word of ``text``, by title; all if blank."""
+    async def search(self, text: str = "", *, limit: int = DEFAULT_LIMIT, tenant: str | None = None) -> list[SearchEntry]:
+        """Assets whose title, keywords, owner, format or camera contain every word of ``text``, by title; all if blank.
+
+        With ``tenant``, only that tenant's assets.
+        """
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-        await self.prepare()
         terms = search_terms(text)
-        where = " AND ".join(["search_text LIKE ? ESCAPE '!'"] * len(terms))
+        if len(text) > MAX_QUERY_LENGTH or len(terms) > MAX_QUERY_WORDS:
+            raise ValidationError(
+                f"a search has at most {MAX_QUERY_WORDS} words and {MAX_QUERY_LENGTH} characters, "
+                f"got {len(terms)} words in {len(text)}; search for fewer words",
+                field="q",
+            )
+        await self.prepare()
+        conditions = ["search_text LIKE ? ESCAPE '!'"] * len(terms)
+        params: list[object] = [f"%{_escape_like(term)}%" for term in terms]
+        if tenant is not None:
+            conditions.append("tenant = ?")
+            params.append(tenant)
+        where = " AND ".join(conditions)
         sql = f"SELECT {_COLUMNS} FROM {TABLE} {'WHERE ' + where if where else ''} ORDER BY title, asset_id LIMIT ?"
-        rows = await self.store.fetch(sql, (*(f"%{_escape_like(term)}%" for term in terms), limit))
+        rows = await self.store.fetch(sql, (*params, limit))
         return [_entry(row) for row in rows]
 
-    async def get(self, asset_id: str) -> SearchEntry | None:
-        """The searchable asset with this id, or None if it is not (yet) ready for search."""
+    async def get(self, asset_id: str, *, tenant: str | None = None) -> SearchEntry | None:
+        """The searchable asset with this id (of ``tenant`` when given), or None if it is not (yet) ready for search."""
         await self.prepare()
-        rows = await self.store.fetch(f"SELECT {_COLUMNS} FROM {TABLE} WHERE asset_id = ?", (asset_id,))
+        if tenant is None:
+            rows = await self.store.fetch(f"SELECT {_COLUMNS} FROM {TABLE} WHERE asset_id = ?", (asset_id,))
+        else:
+            rows = await self.store.fetch(f"SELECT {_COLUMNS} FROM {TABLE} WHERE asset_id = ? AND tenant = ?", (asset_id, tenant))
         return _entry(rows[0]) if rows else None
 
     async def count(self) -> int:

@@ -51,6 +51,7 @@ __all__ = [
     "PARTNER_DATE_FORMAT",
     "PARTNER_FEED_NAMESPACE",
     "PARTNER_FEED_TOPIC",
+    "PARTNER_NAME_PATTERN",
     "PARTNER_REPORT_TYPE",
     "KnownLicense",
     "PartnerReport",
@@ -74,7 +75,9 @@ PARTNER_DATE_FORMAT = "%d/%m/%Y"
 #: The largest amount of units one report may state; more is a typo or an attack, not usage.
 MAX_UNITS = Decimal(1_000_000)
 
-_PARTNER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: What a partner name looks like (it becomes part of event ids and the envelope's source).
+PARTNER_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_PARTNER_NAME = re.compile(PARTNER_NAME_PATTERN.strip("^$"))
 _AMOUNT = re.compile(r"\d{1,7}(?:\.\d{1,2})?")
 _SOURCE_PREFIX = "partner:"
 _MAX_ID_LENGTH = 200

@@ -4,7 +4,8 @@ Fed by the projector from Compliance's own journal. An investigation enters the 
 infringement opens (or reopens) it, gathers later infringements while open, shows who was asked to
 review it, and leaves the feed when it is closed. "Newest" is when it was (re)opened; ties go by id
 so the order is the same after a rebuild. Times are fixed-width UTC ISO text: both dialects store
-and sort them alike.
+and sort them alike. Each alert keeps its investigation's tenant ('' for none), so a tenant's query
+lists only its own.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class ComplianceAlertsFeed(Projection, name="compliance_alerts_feed"):
             "CREATE TABLE {compliance_alerts} (investigation_id TEXT PRIMARY KEY, license_id TEXT NOT NULL, "
             "asset_id TEXT NOT NULL, buyer_id TEXT NOT NULL, status TEXT NOT NULL, infringements INTEGER NOT NULL, "
             "used INTEGER NOT NULL, allowed INTEGER NOT NULL, last_source TEXT NOT NULL, reviewer TEXT, "
-            "opened_at TEXT NOT NULL, last_reported_at TEXT NOT NULL);"
+            "opened_at TEXT NOT NULL, last_reported_at TEXT NOT NULL, tenant TEXT NOT NULL);"
             "CREATE INDEX {compliance_alerts}_newest ON {compliance_alerts} (opened_at DESC, investigation_id)"
         ),
     }
@@ -68,8 +69,8 @@ class ComplianceAlertsFeed(Projection, name="compliance_alerts_feed"):
         at = _iso(envelope.occurred_at)
         self.execute(
             "INSERT INTO {compliance_alerts} (investigation_id, license_id, asset_id, buyer_id, status, infringements, "
-            "used, allowed, last_source, reviewer, opened_at, last_reported_at) "
-            "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, NULL, ?, ?) "
+            "used, allowed, last_source, reviewer, opened_at, last_reported_at, tenant) "
+            "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, NULL, ?, ?, ?) "
             "ON CONFLICT (investigation_id) DO UPDATE SET infringements = {compliance_alerts}.infringements + 1, "
             # The same rule as the aggregate's: reports may arrive out of order, keep the worst one.
             "allowed = CASE WHEN excluded.used >= {compliance_alerts}.used THEN excluded.allowed "
@@ -79,7 +80,7 @@ class ComplianceAlertsFeed(Projection, name="compliance_alerts_feed"):
             "last_source = excluded.last_source, last_reported_at = excluded.last_reported_at",
             (
                 envelope.aggregate_id, event.license_id, event.asset_id, event.buyer_id, InvestigationStatus.OPEN.value,
-                event.used, event.allowed, event.source, at, at,
+                event.used, event.allowed, event.source, at, at, envelope.tenant or "",
             ),
         )  # fmt: skip
 
@@ -97,13 +98,14 @@ class ComplianceAlertsFeed(Projection, name="compliance_alerts_feed"):
         self.execute("DELETE FROM {compliance_alerts} WHERE investigation_id = ?", (envelope.aggregate_id,))
 
 
-async def open_alerts(store: Store, limit: int = 100) -> list[Alert]:
-    """The open investigations in the feed, newest first, at most ``limit``."""
+async def open_alerts(store: Store, limit: int = 100, tenant: str | None = None) -> list[Alert]:
+    """The open investigations in the feed, newest first, at most ``limit``; only ``tenant``'s when given."""
+    where, params = ("WHERE tenant = ? ", (tenant, limit)) if tenant is not None else ("", (limit,))
     rows = await store.fetch(
         "SELECT investigation_id, license_id, asset_id, buyer_id, status, infringements, used, allowed, last_source, "
-        f"reviewer, opened_at, last_reported_at FROM {ALERTS_TABLE} "
+        f"reviewer, opened_at, last_reported_at FROM {ALERTS_TABLE} {where}"
         "ORDER BY opened_at DESC, investigation_id LIMIT ?",
-        (limit,),
+        params,
     )
     return [
         Alert(

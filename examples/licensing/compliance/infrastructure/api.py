@@ -16,19 +16,21 @@ was accepted.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, Field
 
-from examples.licensing.compliance.domain import CloseInvestigation, Investigation, RequestReview
+from examples.licensing.compliance.application import PARTNER_NAME_PATTERN
+from examples.licensing.compliance.domain import CloseInvestigation, Investigation, Outcome, RequestReview
+from examples.licensing.compliance.domain.commands import MAX_TEXT_LENGTH
 from examples.licensing.compliance.infrastructure.alerts import Alert
 from examples.licensing.compliance.infrastructure.gateway import MAX_BATCH_RECORDS, submit_partner_batch
 from tidings.app import Application
 from tidings.brokers import Broker, BrokerUnavailable
+from examples.licensing.web import LINE, PARAGRAPH, RequestBody, command_context, error_responses
 from tidings.domain import Command, ValidationError
-from tidings.messaging import MessageContext
 
 if TYPE_CHECKING:
     from examples.licensing.kernel import ContextParts
@@ -43,18 +45,25 @@ __all__ = [
 ]
 
 
-class ReviewRequest(BaseModel):
+#: Longest id a request may carry (investigation, reviewer).
+MAX_ID_LENGTH = 200
+InvestigationId = Annotated[str, Path(pattern=LINE, max_length=MAX_ID_LENGTH)]
+OutcomeName = Literal[tuple(outcome.value for outcome in Outcome)]  # type: ignore[valid-type]
+
+
+class ReviewRequest(RequestBody):
     """Ask ``reviewer`` to judge an open investigation."""
 
-    reviewer: str
-    note: str = ""
+    reviewer: str = Field(pattern=LINE, max_length=MAX_ID_LENGTH)
+    note: str = Field("", pattern=PARAGRAPH, max_length=MAX_TEXT_LENGTH)
 
 
-class CloseRequest(BaseModel):
+class CloseRequest(RequestBody):
     """Close an investigation: ``outcome`` is confirmed, settled or dismissed."""
 
-    outcome: str
-    reason: str
+    outcome: OutcomeName
+    # Not a PARAGRAPH: the command refuses a blank reason, and LINE says so in the schema.
+    reason: str = Field(pattern=LINE, max_length=MAX_TEXT_LENGTH)
 
 
 class InvestigationView(BaseModel):
@@ -160,9 +169,17 @@ _PARTNER_FEED_BODY: dict[str, Any] = {
                 }
             ],
         },
-        "application/x-ndjson": {"schema": {"type": "string", "description": "one record per line"}},
+        "application/x-ndjson": {
+            # Not blank: the characters are those bytes.strip() takes away, so the check and the document agree.
+            "schema": {"type": "string", "pattern": "[^ \\t\\n\\r\\x0b\\x0c]", "description": "one record per line"}
+        },
     },
 }
+
+
+#: The largest partner batch one request may carry (the other routes take at most web.MAX_BODY_BYTES);
+#: the composition root's BodyLimitMiddleware enforces it.
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 def router(parts: ContextParts) -> APIRouter:
@@ -176,8 +193,9 @@ def router(parts: ContextParts) -> APIRouter:
         "/investigations/{investigation_id}/review",
         response_model=InvestigationCommandView,
         summary="Ask a reviewer to judge an open investigation",
+        responses=error_responses(400, 404, 409, 413),
     )
-    async def request_review(investigation_id: str, body: ReviewRequest, request: Request) -> InvestigationCommandView:
+    async def request_review(investigation_id: InvestigationId, body: ReviewRequest, request: Request) -> InvestigationCommandView:
         """Request a review; 409 if the investigation is closed or already waiting for a review, 404 if unknown."""
         command = RequestReview(investigation_id=investigation_id, reviewer=body.reviewer, note=body.note)
         return await _run(app, command, investigation_id, request)
@@ -186,21 +204,32 @@ def router(parts: ContextParts) -> APIRouter:
         "/investigations/{investigation_id}/close",
         response_model=InvestigationCommandView,
         summary="Close an investigation with an outcome and a reason",
+        responses=error_responses(400, 404, 409, 413),
     )
-    async def close(investigation_id: str, body: CloseRequest, request: Request) -> InvestigationCommandView:
+    async def close(investigation_id: InvestigationId, body: CloseRequest, request: Request) -> InvestigationCommandView:
         """Close it; 422 for an unknown outcome, 409 if closed already or confirmed without a review, 404 if unknown."""
         command = CloseInvestigation(investigation_id=investigation_id, outcome=body.outcome, reason=body.reason)
         return await _run(app, command, investigation_id, request)
 
-    @api.get("/investigations/{investigation_id}", response_model=InvestigationView, summary="One investigation")
-    async def get_investigation(investigation_id: str) -> InvestigationView:
-        """The investigation as last committed; 404 if there is none with this id."""
-        return InvestigationView.of(await app.load(Investigation, investigation_id))
+    @api.get(
+        "/investigations/{investigation_id}",
+        response_model=InvestigationView,
+        summary="One investigation",
+        responses=error_responses(404),
+    )
+    async def get_investigation(investigation_id: InvestigationId, request: Request) -> InvestigationView:
+        """The investigation as last committed; 404 if there is none with this id (for the caller's tenant)."""
+        return InvestigationView.of(await app.load(Investigation, investigation_id, tenant=command_context(request).tenant))
 
-    @api.get("/alerts", response_model=list[AlertView], summary="Open investigations, newest first")
-    async def list_alerts(limit: int = Query(100, ge=1, le=1000)) -> list[AlertView]:
-        """The ComplianceAlertsFeed read model: open investigations, newest first."""
-        return [AlertView.of(alert) for alert in await alerts(limit)]
+    @api.get(
+        "/alerts",
+        response_model=list[AlertView],
+        summary="Open investigations, newest first",
+        responses=error_responses(),
+    )
+    async def list_alerts(request: Request, limit: int = Query(100, ge=1, le=1000)) -> list[AlertView]:
+        """The ComplianceAlertsFeed read model: the caller's open investigations, newest first."""
+        return [AlertView.of(alert) for alert in await alerts(limit, tenant=command_context(request).tenant)]
 
     @api.post(
         "/partner-feed",
@@ -208,16 +237,24 @@ def router(parts: ContextParts) -> APIRouter:
         status_code=status.HTTP_202_ACCEPTED,
         summary="Accept a legacy partner batch (JSON array or NDJSON) for the ACL",
         openapi_extra={"requestBody": _PARTNER_FEED_BODY},
+        responses=error_responses(413, 503),
     )
     async def partner_feed(
-        request: Request, partner: str = Query(..., description="the partner that sent the batch")
+        request: Request,
+        partner: str = Query(
+            ..., pattern=PARTNER_NAME_PATTERN, description="the partner that sent the batch (letters, digits, _.-)"
+        ),
     ) -> PartnerFeedReceipt:
         """Put every record on the feed; the ACL applies valid reports once and dead-letters the rest with reasons."""
-        records = split_records(await request.body())
+        records = _records_of(await request.body(), request.headers.get("content-type", ""))
         broker = _broker_of(request, feed_consumer)
         try:
             receipt = await submit_partner_batch(
-                broker, records, partner=partner, correlation_id=getattr(request.state, "correlation_id", None)
+                broker,
+                records,
+                partner=partner,
+                correlation_id=getattr(request.state, "correlation_id", None),
+                tenant=getattr(request.state, "tenant", None),
             )
         except BrokerUnavailable as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
@@ -238,8 +275,10 @@ def split_records(body: bytes) -> list[bytes]:
     if stripped.startswith(b"["):
         try:
             elements = msgspec.json.decode(stripped)
-        except msgspec.DecodeError:
-            elements = None  # not one JSON array: read it line by line like NDJSON
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            # Not one JSON array we can read (garbage, bytes that are not UTF-8, nesting deeper
+            # than the decoder goes): read it line by line like NDJSON, for the ACL to judge.
+            elements = None
         if isinstance(elements, list):
             encoder = msgspec.json.Encoder()
             # Re-encoded one by one: each element is a record as the partner sent it (objects or not).
@@ -249,6 +288,26 @@ def split_records(body: bytes) -> list[bytes]:
     if len(records) > MAX_BATCH_RECORDS:
         raise ValidationError(f"a batch carries at most {MAX_BATCH_RECORDS} records, got {len(records)}; split it", field="body")
     return records
+
+
+def _records_of(body: bytes, content_type: str) -> list[bytes]:
+    """The records of a request: a JSON array if it says application/json (as documented), else NDJSON lines."""
+    if not body.strip():
+        raise ValidationError("the request has no body; send a JSON array of records or NDJSON lines", field="body")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        return split_records(body)
+    try:
+        elements = msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nests deeper than a record can" if isinstance(exc, RecursionError) else f"is not JSON ({exc})"
+        raise ValidationError(
+            f"the body {reason}; send a JSON array of records, or NDJSON (application/x-ndjson) to have every "
+            "line judged by the ACL",
+            field="body",
+        ) from None
+    if not isinstance(elements, list):
+        raise ValidationError(f"an application/json batch is an array of records, got a {type(elements).__name__}", field="body")
+    return split_records(body)
 
 
 def _broker_of(request: Request, feed_consumer: Any) -> Broker:
@@ -265,9 +324,13 @@ def _broker_of(request: Request, feed_consumer: Any) -> Broker:
 
 
 async def _run(app: Application, command: Command, investigation_id: str, request: Request) -> InvestigationCommandView:
-    context = MessageContext(correlation_id=getattr(request.state, "correlation_id", None))
+    context = command_context(request)
     result = await app.handle(command, context=context)
-    investigation = result.value if isinstance(result.value, Investigation) else await app.load(Investigation, investigation_id)
+    investigation = (
+        result.value
+        if isinstance(result.value, Investigation)
+        else await app.load(Investigation, investigation_id, tenant=context.tenant)
+    )
     return InvestigationCommandView(
         investigation=InvestigationView.of(investigation),
         command_id=result.command_id,

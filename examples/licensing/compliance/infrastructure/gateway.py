@@ -72,12 +72,14 @@ async def submit_partner_batch(
     partner: str,
     correlation_id: str | None = None,
     user_id: str | None = None,
+    tenant: str | None = None,
     partitions: int = DEFAULT_PARTITIONS,
 ) -> PartnerBatchReceipt:
     """Publish each raw record of ``partner`` on the partner feed and return the receipt.
 
     The whole batch is checked before anything is published (ValidationError naming the field or
-    record); BrokerUnavailable if the broker did not take every record — sending the same batch
+    record); every record carries ``tenant`` (the caller's), so the ACL applies it to that tenant's
+    licenses only. BrokerUnavailable if the broker did not take every record — sending the same batch
     again is safe, as every record keeps its event id.
     """
     try:
@@ -109,6 +111,7 @@ async def submit_partner_batch(
             occurred_at=now,
             correlation_id=correlation_id,
             user_id=user_id,
+            tenant=tenant,
             source=partner_source(partner),
         )
         messages.append(
@@ -158,5 +161,5 @@ def _decoded(payload: bytes) -> object:
     # consumer's job, so garbage here is simply a record without either.
     try:
         return msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None

@@ -8,6 +8,8 @@ from examples.licensing.licensing.domain.identity import license_id_for
 from tidings.domain import Command, ValidationError
 
 __all__ = [
+    "MAX_ALLOWED_USES",
+    "MAX_PRICE_CENTS",
     "MAX_USES_PER_REPORT",
     "RegisterLicensableAsset",
     "OfferLicense",
@@ -17,6 +19,10 @@ __all__ = [
 
 #: One report counts at most this many uses; a bigger number is a typo or an attack, not usage.
 MAX_USES_PER_REPORT = 1_000_000
+#: The most uses one license allows, and its highest price (ten billion in a currency's units):
+#: bounds that keep every sum of them far inside the 64-bit integers the stores hold.
+MAX_ALLOWED_USES = 1_000_000_000
+MAX_PRICE_CENTS = 1_000_000_000_000
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 
@@ -64,8 +70,12 @@ class OfferLicense(Command, name="licensing.OfferLicense"):
         _require_text(self, "buyer_id", self.buyer_id)
         if self.price_cents <= 0:
             raise _invalid(self, "price_cents", f"must be positive, got {self.price_cents}")
+        if self.price_cents > MAX_PRICE_CENTS:
+            raise _invalid(self, "price_cents", f"must be at most {MAX_PRICE_CENTS}, got {self.price_cents}")
         if self.allowed_uses < 1:
             raise _invalid(self, "allowed_uses", f"must be at least 1, got {self.allowed_uses}")
+        if self.allowed_uses > MAX_ALLOWED_USES:
+            raise _invalid(self, "allowed_uses", f"must be at most {MAX_ALLOWED_USES}, got {self.allowed_uses}")
         if not _CURRENCY.fullmatch(self.currency):
             raise _invalid(self, "currency", f"must be an ISO 4217 code like 'EUR', got {self.currency!r}")
 

@@ -1,10 +1,11 @@
 """Licensing's HTTP endpoints: offer, purchase and report usage of licenses, read one license and usage by day.
 
-Request bodies are checked for shape by pydantic (types only); the values are checked by the
-command's own ``validate()``, so the same rules hold for HTTP, consumers and tests, and its
-ValidationError names the field. The composition root maps errors to responses (ValidationError
-→ 422, DomainError and ConcurrencyError → 409, AggregateNotFound → 404) and sets
-``request.state.correlation_id`` from the ``X-Correlation-ID`` header.
+Request bodies are strict and bounded in their schema (``examples/licensing/web.py``) with the
+same limits the command's own ``validate()`` checks, so the OpenAPI document tells the truth and
+the same rules hold for HTTP, consumers and tests. The composition root maps errors to responses
+(ValidationError → 422, DomainError and ConcurrencyError → 409, AggregateNotFound → 404), sets
+``request.state.correlation_id`` from ``X-Correlation-ID`` and ``request.state.tenant`` from
+``X-Tenant``: a caller sees and changes only its tenant's licenses.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from dataclasses import asdict
 from datetime import date
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Request, status
-from pydantic import BaseModel
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, status
+from pydantic import BaseModel, Field
 
 from examples.licensing.licensing.domain import License, OfferLicense, PurchaseLicense, ReportUsage
+from examples.licensing.licensing.domain.commands import MAX_ALLOWED_USES, MAX_PRICE_CENTS, MAX_USES_PER_REPORT
+from examples.licensing.web import LINE, Integer, IsoDate, RequestBody, command_context, error_responses
 from tidings.app import Application, CommandResult
 from tidings.domain import Command
-from tidings.messaging import MessageContext
 
 if TYPE_CHECKING:
     from examples.licensing.kernel import ContextParts
@@ -35,26 +39,32 @@ __all__ = [
 ]
 
 
-class OfferRequest(BaseModel):
+#: Longest id a request may carry (asset, buyer, license).
+MAX_ID_LENGTH = 200
+Id = Annotated[str, Field(pattern=LINE, max_length=MAX_ID_LENGTH)]
+LicenseId = Annotated[str, Path(pattern=LINE, max_length=MAX_ID_LENGTH)]
+
+
+class OfferRequest(RequestBody):
     """Offer a searchable asset to a buyer."""
 
-    asset_id: str
-    buyer_id: str
-    price_cents: int
-    allowed_uses: int
-    currency: str = "EUR"
+    asset_id: Id
+    buyer_id: Id
+    price_cents: Integer = Field(ge=1, le=MAX_PRICE_CENTS)
+    allowed_uses: Integer = Field(ge=1, le=MAX_ALLOWED_USES)
+    currency: str = Field("EUR", pattern="^[A-Z]{3}$", description="ISO 4217 code")
 
 
-class PurchaseRequest(BaseModel):
+class PurchaseRequest(RequestBody):
     """Buy a license as the buyer it was offered to."""
 
-    buyer_id: str
+    buyer_id: Id
 
 
-class UsageRequest(BaseModel):
+class UsageRequest(RequestBody):
     """Report that the buyer used the asset ``uses`` more times."""
 
-    uses: int
+    uses: Integer = Field(ge=1, le=MAX_USES_PER_REPORT)
 
 
 class LicenseView(BaseModel):
@@ -110,14 +120,8 @@ class DayUsageView(BaseModel):
     violations: int
 
 
-def _context(request: Request) -> MessageContext:
-    # The composition root's middleware puts the request's correlation id here (taken from
-    # X-Correlation-ID or made up); without it the command's own id becomes the correlation.
-    return MessageContext(correlation_id=getattr(request.state, "correlation_id", None))
-
-
 async def _run(app: Application, command: Command, request: Request) -> tuple[License, CommandResult]:
-    result = await app.handle(command, context=_context(request))
+    result = await app.handle(command, context=command_context(request))
     license = result.value
     assert isinstance(license, License), f"{type(command).__name__}'s handler returns the License it changed"
     return license, result
@@ -129,21 +133,21 @@ def router(parts: ContextParts) -> APIRouter:
     usage_by_day = parts.extras["usage_by_day"]
     api = APIRouter(tags=["licensing"])
 
-    @api.post("/licenses", status_code=status.HTTP_201_CREATED, response_model=CommandView)
+    @api.post("/licenses", status_code=status.HTTP_201_CREATED, response_model=CommandView, responses=error_responses(400, 404, 409, 413))
     async def offer_license(body: OfferRequest, request: Request) -> CommandView:
         """Offer a searchable asset to a buyer; the license id is derived from asset and buyer."""
         command = OfferLicense(**body.model_dump())
         license, result = await _run(app, command, request)
         return CommandView(license=LicenseView.of(license), command_id=result.command_id, correlation_id=result.correlation_id)
 
-    @api.post("/licenses/{license_id}/purchase", response_model=CommandView)
-    async def purchase_license(license_id: str, body: PurchaseRequest, request: Request) -> CommandView:
+    @api.post("/licenses/{license_id}/purchase", response_model=CommandView, responses=error_responses(400, 404, 409, 413))
+    async def purchase_license(license_id: LicenseId, body: PurchaseRequest, request: Request) -> CommandView:
         """Buy an offered license; a second purchase is refused (409)."""
         license, result = await _run(app, PurchaseLicense(license_id=license_id, buyer_id=body.buyer_id), request)
         return CommandView(license=LicenseView.of(license), command_id=result.command_id, correlation_id=result.correlation_id)
 
-    @api.post("/licenses/{license_id}/usage", response_model=UsageView)
-    async def report_usage(license_id: str, body: UsageRequest, request: Request) -> UsageView:
+    @api.post("/licenses/{license_id}/usage", response_model=UsageView, responses=error_responses(400, 404, 409, 413))
+    async def report_usage(license_id: LicenseId, body: UsageRequest, request: Request) -> UsageView:
         """Count uses of a purchased license; past the allowance a UsageViolationDetected is published."""
         license, result = await _run(app, ReportUsage(license_id=license_id, uses=body.uses), request)
         return UsageView(
@@ -153,14 +157,17 @@ def router(parts: ContextParts) -> APIRouter:
             exceeded=license.used > license.allowed_uses,
         )
 
-    @api.get("/licenses/{license_id}", response_model=LicenseView)
-    async def get_license(license_id: str) -> LicenseView:
-        """The license as last committed (404 for an unknown id)."""
-        return LicenseView.of(await app.load(License, license_id))
+    @api.get("/licenses/{license_id}", response_model=LicenseView, responses=error_responses(404))
+    async def get_license(license_id: LicenseId, request: Request) -> LicenseView:
+        """The license as last committed (404 for an unknown id, or another tenant's)."""
+        return LicenseView.of(await app.load(License, license_id, tenant=command_context(request).tenant))
 
-    @api.get("/usage-by-day", response_model=list[DayUsageView])
-    async def get_usage_by_day(start: date | None = None, end: date | None = None) -> list[DayUsageView]:
-        """Purchases and usage per UTC day from ``start`` to ``end`` (inclusive), oldest first."""
-        return [DayUsageView(**asdict(day)) for day in await usage_by_day(start, end)]
+    @api.get("/usage-by-day", response_model=list[DayUsageView], responses=error_responses())
+    async def get_usage_by_day(
+        request: Request, start: IsoDate | None = None, end: IsoDate | None = None
+    ) -> list[DayUsageView]:
+        """The caller's purchases and usage per UTC day from ``start`` to ``end`` (inclusive), oldest first."""
+        days = await usage_by_day(start, end, tenant=command_context(request).tenant)
+        return [DayUsageView(**asdict(day)) for day in days]
 
     return api
