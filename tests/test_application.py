@@ -783,6 +783,7 @@ async def test_integration_event_of_the_wrong_type_is_refused_before_the_commit(
     with pytest.raises(ValidationError) as caught:
         await app.handle(plain_order("o1", 1))
     assert (caught.value.message_type, caught.value.field) == ("OrderConfirmed", "units")
+    assert "sales.OrderConfirmed v1 was about to be written" in str(caught.value)
     assert await table_counts(store) == dict.fromkeys(TABLES, 0)
 
 

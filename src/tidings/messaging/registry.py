@@ -168,7 +168,7 @@ class MessageRegistry:
         on the converted message. What cannot be converted is a ValidationError naming the field's
         path (``lines[1].qty``) and the expected type.
         """
-        converted = self._round_trip(message, "")[1]
+        converted = self._round_trip(message, writing=False)[1]
         if hasattr(converted, "validate"):
             converted.validate()
         return converted
@@ -180,24 +180,31 @@ class MessageRegistry:
         is a ValidationError naming the message type and the field, instead of a row that every
         reader would refuse.
         """
-        return self._round_trip(message, " (it was about to be written; fix the code that builds it)")[0]
+        return self._round_trip(message, writing=True)[0]
 
-    def _round_trip(self, message: M, hint: str) -> tuple[bytes, M]:
+    def _round_trip(self, message: M, *, writing: bool) -> tuple[bytes, M]:
         # One encode and one typed decode, both in C: exactly what a reader of the payload will do.
         message_type = type(message)
         try:
             payload = _encoder.encode(message)
             return payload, self._decoder(message_type).decode(payload)
         except msgspec.ValidationError as exc:
-            raise ValidationError(_reason_of(exc) + hint, field=_field_of(exc), message_type=message_type.__name__) from None
+            raise _invalid(message, _reason_of(exc), _field_of(exc), writing=writing) from None
         except TypeError as exc:  # a value the codec cannot encode at all
-            raise ValidationError(str(exc) + hint, message_type=message_type.__name__) from None
+            raise _invalid(message, str(exc), None, writing=writing) from None
 
     def _decoder(self, message_type: type[Message]) -> msgspec.json.Decoder[Any]:
         decoder = self._decoders.get(message_type)
         if decoder is None:
             decoder = self._decoders[message_type] = msgspec.json.Decoder(message_type)
         return decoder
+
+
+def _invalid(message: Message, reason: str, field: str | None, *, writing: bool) -> ValidationError:
+    if writing:
+        # Named by its class and by its stored name, which is what the journal and consumers show.
+        reason += f" ({message.message_name} v{message.message_version} was about to be written; fix the code that builds it)"
+    return ValidationError(reason, field=field, message_type=type(message).__name__)
 
 
 def _field_of(exc: msgspec.ValidationError) -> str | None:

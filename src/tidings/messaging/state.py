@@ -44,7 +44,7 @@ class StateCodec:
         it is refused before the commit as a ValidationError naming the aggregate and the field.
         """
         hint = (
-            f" — {self._name} {aggregate.id} would be saved with a state that cannot be loaded again; "
+            f" — {aggregate.aggregate_type} {aggregate.id} would be saved with a state that cannot be loaded again; "
             "check the @applies methods that set it"
         )
         try:
