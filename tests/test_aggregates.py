@@ -209,7 +209,7 @@ def test_appliers_are_inherited_and_overridable() -> None:
 
 def test_aggregate_needs_a_non_empty_string_id() -> None:
     # Given / when an aggregate is built with an empty or non-string id / then it is refused
-    with pytest.raises(TypeError, match="License needs a non-empty str id, got ''"):
+    with pytest.raises(TypeError, match="License.id: needs a non-empty str id, got ''"):
         License("")
     with pytest.raises(TypeError, match="got 7"):
         License(7)  # type: ignore[arg-type]
@@ -477,3 +477,12 @@ def test_creating_an_existing_aggregate_says_it_already_exists() -> None:
 
     # Then the message says it exists and that retrying the creation will not help
     assert str(error) == "License lic-1 already exists (at version 3) — it cannot be created again; load it instead"
+
+
+def test_aggregate_built_with_a_bad_id_raises_a_validation_error_naming_the_id() -> None:
+    # Given / when an aggregate is built with an empty id
+    with pytest.raises(ValidationError) as raised:
+        License("")
+    # Then it is bad input like any other (and still the TypeError it always was)
+    assert (raised.value.field, raised.value.message_type) == ("id", "License")
+    assert isinstance(raised.value, TypeError)

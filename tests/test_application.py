@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -36,24 +38,30 @@ from model import (
     plant_journal_row,
 )
 from tidings import (
+    Aggregate,
     AggregateNotFound,
     Application,
     Command,
     CommandResult,
     ConcurrencyError,
     DomainError,
+    DomainEvent,
     Envelope,
+    EventSourcedAggregate,
     IncompatibleVersion,
+    IntegrationEvent,
     MessageContext,
     MessageRegistry,
     MessageTooLarge,
+    StateStoredAggregate,
     UnitOfWork,
     UnknownCommand,
     UnknownMessageType,
     ValidationError,
+    applies,
 )
 from tidings.app import stream_id_of
-from tidings.messaging import new_id
+from tidings.messaging import new_id, utc_now
 from tidings.store import Store
 
 if TYPE_CHECKING:
@@ -598,6 +606,246 @@ async def test_second_purchase_is_refused_and_changes_nothing(store: Store) -> N
     with pytest.raises(DomainError, match="already sold to ada"):
         await app.handle(PurchaseLicense(license_id=license_id, buyer="bob"))
     assert await table_counts(store) == before
+
+
+# -- typed input, checked output -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    sku: str
+    qty: int
+
+
+class OrderPlaced(DomainEvent):
+    lines: list[Line]
+    placed_at: datetime
+    reference: uuid.UUID
+    tags: tuple[str, ...] = ()
+
+
+class OrderConfirmed(IntegrationEvent, name="sales.OrderConfirmed", version=1):
+    order_id: str
+    units: int
+
+
+class Order(StateStoredAggregate):
+    """A state-stored order whose state holds nested values, a time, a UUID and a tuple."""
+
+    lines: list[Line] = []
+    placed_at: datetime | None = None
+    reference: uuid.UUID | None = None
+    tags: tuple[str, ...] = ()
+
+    @applies
+    def _placed(self, event: OrderPlaced) -> None:
+        self.lines = list(event.lines)
+        self.placed_at = event.placed_at
+        self.reference = event.reference
+        self.tags = event.tags
+
+
+class PlaceOrder(Command):
+    order_id: str
+    lines: list[Line]
+    placed_at: datetime
+    reference: uuid.UUID
+    tags: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        for index, line in enumerate(self.lines):
+            if line.qty <= 0:
+                raise ValidationError(f"must be positive, got {line.qty}", field=f"lines[{index}].qty", message_type="PlaceOrder")
+
+
+def order_app(store: Store, seen: dict[str, Any]) -> Application:
+    """An application that places orders and notes what its handler, bus handler and translator were given."""
+    app = Application(store, name="sales")
+
+    @app.command_handler(PlaceOrder)
+    def place(command: PlaceOrder, uow: UnitOfWork) -> Order:
+        seen["command"] = command
+        order = Order(command.order_id)
+        order.record(OrderPlaced(lines=command.lines, placed_at=command.placed_at, reference=command.reference, tags=command.tags))
+        return order
+
+    @app.on(OrderPlaced)
+    def noted(event: OrderPlaced, uow: UnitOfWork) -> None:
+        seen["bus"] = event
+
+    @app.translator(OrderPlaced)
+    def confirmed(event: OrderPlaced, envelope: Envelope) -> OrderConfirmed:
+        seen["translator"] = event
+        return OrderConfirmed(order_id=envelope.aggregate_id or "", units=sum(line.qty for line in event.lines))
+
+    return app
+
+
+def plain_order(order_id: str, *quantities: Any) -> PlaceOrder:
+    """A PlaceOrder built from plain data, as a JSON body or a form would give it."""
+    return PlaceOrder(
+        order_id=order_id,
+        lines=[{"sku": f"S{index}", "qty": qty} for index, qty in enumerate(quantities)],  # type: ignore[misc]
+        placed_at="2026-03-01T12:30:00Z",  # type: ignore[arg-type]
+        reference="0190f1c2-3d4e-7f00-8a9b-0c1d2e3f4a5b",  # type: ignore[arg-type]
+        tags=["gift", "express"],  # type: ignore[arg-type]
+    )
+
+
+async def test_command_from_plain_data_is_converted_before_anyone_sees_it(store: Store) -> None:
+    # Given an order command built from plain data: dicts for lines, strings for a time and a UUID, a list for a tuple
+    seen: dict[str, Any] = {}
+    app = order_app(store, seen)
+
+    # When it is handled
+    result = await app.handle(plain_order("o1", 2, 3))
+
+    # Then the handler got the declared types
+    command = seen["command"]
+    assert command.lines == [Line(sku="S0", qty=2), Line(sku="S1", qty=3)]
+    assert command.placed_at == datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    assert command.reference == uuid.UUID("0190f1c2-3d4e-7f00-8a9b-0c1d2e3f4a5b")
+    assert command.tags == ("gift", "express")
+    # And so did the domain bus and the translator (the events were built from the converted command)
+    assert seen["bus"].lines[0] == Line(sku="S0", qty=2) and seen["translator"] is seen["bus"]
+    assert result.published[0].event_type == "sales.OrderConfirmed"
+    # And the aggregate in memory is the aggregate reloaded
+    reloaded = await app.load(Order, "o1")
+    assert result.value.state() == reloaded.state()
+    assert isinstance(reloaded.lines[0], Line)
+
+
+async def test_command_rule_runs_on_converted_values(store: Store) -> None:
+    # Given a command from plain data whose second line breaks validate()'s rule (line.qty <= 0)
+    app = order_app(store, {})
+
+    # When it is handled / then validate() saw Line objects and refused with a ValidationError (no AttributeError)
+    with pytest.raises(ValidationError) as caught:
+        await app.handle(plain_order("o1", 1, 0))
+    assert (caught.value.message_type, caught.value.field) == ("PlaceOrder", "lines[1].qty")
+    assert await table_counts(store) == dict.fromkeys(TABLES, 0)
+
+
+async def test_command_that_cannot_be_converted_names_the_field_path_and_the_expected_type(store: Store) -> None:
+    # Given a command whose second line's quantity is not a number, and one whose time is not a time
+    app = order_app(store, {})
+
+    # When each is handled / then the error names the path and the expected type, and nothing is written
+    with pytest.raises(ValidationError) as caught:
+        await app.handle(plain_order("o1", 1, "two"))
+    assert (caught.value.message_type, caught.value.field) == ("PlaceOrder", "lines[1].qty")
+    assert "Expected `int`, got `str`" in str(caught.value)
+    late = dataclasses.replace(plain_order("o2", 1), placed_at="tomorrow")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError) as caught:
+        await app.handle(late)
+    assert caught.value.field == "placed_at" and "datetime" in str(caught.value)
+    assert await table_counts(store) == dict.fromkeys(TABLES, 0)
+
+
+class PlaceOrderAsIs(Command):
+    """Places an order from a command that is already well typed, with an event the handler may spoil."""
+
+    order_id: str
+    reference: str
+
+
+async def test_domain_event_of_the_wrong_type_is_refused_before_the_commit(store: Store) -> None:
+    # Given a handler that records an event whose reference is not a UUID (Python does not check)
+    app = order_app(store, {})
+
+    @app.command_handler(PlaceOrderAsIs)
+    def place(command: PlaceOrderAsIs, uow: UnitOfWork) -> None:
+        order = uow.add(Order(command.order_id))
+        order.record(OrderPlaced(lines=[], placed_at=utc_now(), reference=command.reference))  # type: ignore[arg-type]
+
+    # When it is handled / then the event's type and field are named, and nothing is written
+    with pytest.raises(ValidationError) as caught:
+        await app.handle(PlaceOrderAsIs(order_id="o1", reference="not-a-uuid"))
+    assert (caught.value.message_type, caught.value.field) == ("OrderPlaced", "reference")
+    assert await table_counts(store) == dict.fromkeys(TABLES, 0)
+
+
+async def test_integration_event_of_the_wrong_type_is_refused_before_the_commit(store: Store) -> None:
+    # Given a translator that breaks its public contract (units as a string)
+    app = Application(store, name="sales")
+
+    @app.command_handler(PlaceOrder)
+    def place(command: PlaceOrder, uow: UnitOfWork) -> Order:
+        order = Order(command.order_id)
+        order.record(OrderPlaced(lines=command.lines, placed_at=command.placed_at, reference=command.reference))
+        return order
+
+    @app.translator(OrderPlaced)
+    def confirmed(event: OrderPlaced, envelope: Envelope) -> OrderConfirmed:
+        return OrderConfirmed(order_id="o1", units=str(len(event.lines)))  # type: ignore[arg-type]
+
+    # When a command is handled / then the contract and field are named, and neither journal, state nor outbox is written
+    with pytest.raises(ValidationError) as caught:
+        await app.handle(plain_order("o1", 1))
+    assert (caught.value.message_type, caught.value.field) == ("OrderConfirmed", "units")
+    assert "sales.OrderConfirmed v1 was about to be written" in str(caught.value)
+    assert await table_counts(store) == dict.fromkeys(TABLES, 0)
+
+
+class TabOpened(DomainEvent):
+    amount: int
+
+
+class Tab(StateStoredAggregate):
+    """A state-stored tab whose applier has a bug: it stores the total as text."""
+
+    total: int = 0
+
+    @applies
+    def _opened(self, event: TabOpened) -> None:
+        self.total = str(event.amount)  # type: ignore[assignment]
+
+
+class SnapshottedTab(EventSourcedAggregate):
+    """The same bug in an event-sourced tab that snapshots every version."""
+
+    snapshot_every = 1
+    total: int = 0
+
+    @applies
+    def _opened(self, event: TabOpened) -> None:
+        self.total = str(event.amount)  # type: ignore[assignment]
+
+
+class OpenTab(Command):
+    tab_id: str
+
+
+@pytest.mark.parametrize("tab_class", [Tab, SnapshottedTab], ids=["state", "snapshot"])
+async def test_aggregate_state_of_the_wrong_type_is_refused_before_the_commit(store: Store, tab_class: type[Aggregate]) -> None:
+    # Given an aggregate whose state (a row, or a snapshot) would not fit its declared types
+    app = Application(store, name="bar")
+
+    @app.command_handler(OpenTab)
+    def open_tab(command: OpenTab, uow: UnitOfWork) -> Aggregate:
+        tab = tab_class(command.tab_id)
+        tab.record(TabOpened(amount=5))
+        return tab
+
+    # When it is saved / then the aggregate type and field are named, and nothing is written
+    with pytest.raises(ValidationError) as caught:
+        await app.handle(OpenTab(tab_id="t1"))
+    assert (caught.value.message_type, caught.value.field) == (tab_class.__name__, "total")
+    assert "t1" in str(caught.value)
+    assert await table_counts(store) == dict.fromkeys(TABLES, 0)
+
+
+class Shipment(StateStoredAggregate, name="sales.Shipment"):
+    """An aggregate whose type name differs from its class name."""
+
+
+def test_stream_id_of_takes_an_aggregate_class_or_its_type_name() -> None:
+    # Given / when a stream id is asked for by class or by name / then both give "<aggregate type>:<id>"
+    assert stream_id_of(Shipment, "s1") == stream_id_of("sales.Shipment", "s1") == "sales.Shipment:s1"
+    assert stream_id_of(License, "l1") == "License:l1"
+    # And anything else is refused, saying what it takes
+    with pytest.raises(TypeError, match=r"stream_id_of takes an aggregate class or its aggregate_type name, got int"):
+        stream_id_of(7, "x")  # type: ignore[arg-type]
 
 
 # -- the domain bus ------------------------------------------------------------------------------

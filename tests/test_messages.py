@@ -434,11 +434,11 @@ def test_validate_calls_the_commands_own_rules() -> None:
     assert raised.value.reason == "must be at least 1"
 
 
-def test_validate_returns_a_valid_command_unchanged() -> None:
-    # Given a valid command / when validated / then the very same object comes back
+def test_validate_returns_a_valid_command_equal_to_itself() -> None:
+    # Given a valid command / when validated / then an equal command comes back
     registry = MessageRegistry([PurchaseLicense])
     command = PurchaseLicense(license_id="lic-1", buyer="ada", quantity=2)
-    assert registry.validate(command) is command
+    assert registry.validate(command) == command
 
 
 def test_validate_names_the_path_of_a_wrong_typed_nested_value() -> None:
@@ -450,6 +450,99 @@ def test_validate_names_the_path_of_a_wrong_typed_nested_value() -> None:
     with pytest.raises(ValidationError) as raised:
         registry.validate(event)
     assert raised.value.field == "seats[1].user"
+
+
+class ScheduleRenewal(Command, name="licensing.ScheduleRenewal"):
+    license_id: str
+    seats: list[Seat]
+    at: datetime
+    token: uuid.UUID
+    plans: tuple[str, ...] = ()
+
+
+def test_validate_returns_the_command_converted_to_its_declared_types() -> None:
+    # Given a command built from plain data: a dict for a nested struct, strings for a time and a UUID, a list for a tuple
+    registry = MessageRegistry([ScheduleRenewal])
+    token = uuid.uuid4()
+    command = ScheduleRenewal(
+        license_id="lic-1",
+        seats=[{"user": "ada"}],  # type: ignore[list-item]
+        at="2026-05-01T08:00:00+02:00",  # type: ignore[arg-type]
+        token=str(token),  # type: ignore[arg-type]
+        plans=["team"],  # type: ignore[arg-type]
+    )
+
+    # When validated / then what comes back has the declared types (and equals what a reader would decode)
+    converted = registry.validate(command)
+    assert converted == ScheduleRenewal(
+        license_id="lic-1",
+        seats=[Seat(user="ada")],
+        at=datetime(2026, 5, 1, 6, 0, tzinfo=UTC),
+        token=token,
+        plans=("team",),
+    )
+    assert converted == registry.decode("licensing.ScheduleRenewal", 1, MessageRegistry.encode(command))
+
+
+# -- one family for bad input ------------------------------------------------------------------------
+
+
+def test_bad_input_of_every_kind_is_a_validation_error_naming_the_field() -> None:
+    registry = MessageRegistry([PurchaseLicense, SeatsAssigned])
+    caught: list[ValidationError] = []
+
+    # Given a message built with a missing, an unknown and a positional argument
+    with pytest.raises(ValidationError) as missing:
+        PurchaseLicense(license_id="lic-1")  # type: ignore[call-arg]
+    caught.append(missing.value)
+    with pytest.raises(ValidationError) as unknown:
+        PurchaseLicense(license_id="lic-1", buyer="ada", colour="red")  # type: ignore[call-arg]
+    caught.append(unknown.value)
+    with pytest.raises(ValidationError) as positional:
+        PurchaseLicense("lic-1", "ada")  # type: ignore[misc]
+    caught.append(positional.value)
+    # And plain data that does not fit, and a hand-built message of the wrong type
+    with pytest.raises(ValidationError) as from_data:
+        registry.convert("licensing.SeatsAssigned", {"license_id": "lic-1", "seats": [{"user": 5}]})
+    caught.append(from_data.value)
+    with pytest.raises(ValidationError) as from_bytes:
+        registry.decode("licensing.PurchaseLicense", 1, b'{"license_id": "lic-1", "buyer": "ada", "quantity": "3"}')
+    caught.append(from_bytes.value)
+    with pytest.raises(ValidationError) as hand_built:
+        registry.validate(PurchaseLicense(license_id="lic-1", buyer=7))  # type: ignore[arg-type]
+    caught.append(hand_built.value)
+
+    # Then each names the field, and the older names still catch what they caught before
+    assert [error.field for error in caught] == ["buyer", "colour", "license_id", "seats[0].user", "quantity", "buyer"]
+    assert str(missing.value) == "PurchaseLicense.buyer: is required; pass it as a keyword argument"
+    assert str(unknown.value) == "PurchaseLicense.colour: no such field; the fields are license_id, buyer, quantity"
+    assert "keyword arguments only (license_id=..., buyer=..., quantity=...), got 2 positional" in str(positional.value)
+    assert all(isinstance(error, TypeError) for error in (missing.value, unknown.value, positional.value))
+    assert all(isinstance(error, MalformedMessage) for error in (from_data.value, from_bytes.value))
+    assert from_bytes.value.message_type == "licensing.PurchaseLicense"
+
+
+def test_a_type_error_raised_by_a_messages_own_code_is_not_disguised() -> None:
+    # Given a message whose __post_init__ raises TypeError for its own reasons
+    class Strict(DomainEvent):
+        n: int
+
+        def __post_init__(self) -> None:
+            raise TypeError("my own rule")
+
+    # When it is built with correct arguments / then that TypeError comes through unchanged
+    with pytest.raises(TypeError, match="my own rule") as raised:
+        Strict(n=1)
+    assert not isinstance(raised.value, ValidationError)
+
+
+def test_a_state_that_does_not_fit_names_the_aggregate_not_an_internal_class() -> None:
+    # Given a stored state whose seat list holds a number / when decoded
+    with pytest.raises(ValidationError) as raised:
+        StateCodec(Subscription).decode(b'{"seats": [1]}')
+    # Then the error is about Subscription's state and its field
+    assert "Subscription" in str(raised.value) and "SubscriptionState" not in str(raised.value)
+    assert raised.value.field == "seats[0]"
 
 
 # -- envelope --------------------------------------------------------------------------------------

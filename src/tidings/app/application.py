@@ -160,9 +160,11 @@ class Application:
     async def handle(self, command: Command, *, context: MessageContext | None = None, retries: int = 0) -> CommandResult:
         """Validate ``command``, run its handler and everything it triggers, and commit it all at once.
 
+        The command is first converted to its declared field types (see ``MessageRegistry.validate``);
+        its ``validate()`` rules, the handler and everything downstream see the converted command.
         ``retries`` re-runs the whole command (reloading every aggregate) after a ConcurrencyError.
         """
-        self.registry.validate(command)
+        command = self.registry.validate(command)
         handler = self._command_handlers.get(type(command))
         if handler is None:
             raise UnknownCommand(type(command), self._command_handlers)
@@ -243,7 +245,7 @@ class _Commit:
         )
 
     def _payload(self, message: Message) -> bytes:
-        payload = self.app.registry.encode(message)
+        payload = self.app.registry.encode_checked(message)
         if len(payload) > self.app.max_message_bytes:
             raise MessageTooLarge(message.message_name, len(payload), self.app.max_message_bytes)
         return payload
@@ -293,12 +295,12 @@ class _Commit:
             changes.streams.append(StreamWrite(aggregate.aggregate_type, aggregate.id, stream_id, loaded))
             every = aggregate.snapshot_every
             if not aggregate.event_sourced:
-                state = repository.codec(type(aggregate)).encode(aggregate.state())
+                state = repository.codec(type(aggregate)).encode_checked(aggregate)
                 changes.states.append(
                     StateRow(aggregate.aggregate_type, aggregate.id, aggregate.version, state, self.context.tenant)
                 )
             elif every and aggregate.version // every > loaded // every:
-                state = repository.codec(type(aggregate)).encode(aggregate.state())
+                state = repository.codec(type(aggregate)).encode_checked(aggregate)
                 changes.snapshots.append(SnapshotRow(stream_id, aggregate.version, state, self.context.tenant))
         for publication in uow.publications:
             assert publication.partition_key is not None  # keyed by UnitOfWork.resolve_keys

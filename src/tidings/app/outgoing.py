@@ -57,7 +57,7 @@ def outbox_entry(
     ``context``; the causation id is the cause's event id. Field types are validated and the
     payload's size is checked here, before anything is written.
     """
-    _validator.validate(message)  # field types, and a command's own validate() rules
+    message = _validator.validate(message)  # converted to its field types; a command's own validate() rules ran
     payload = MessageRegistry.encode(message)
     if len(payload) > max_message_bytes:
         raise MessageTooLarge(message.message_name, len(payload), max_message_bytes)

@@ -15,8 +15,16 @@ __all__ = ["Repository", "stream_id_of"]
 A = TypeVar("A", bound=Aggregate)
 
 
-def stream_id_of(aggregate_type: str, aggregate_id: str) -> str:
-    """The journal stream of one aggregate."""
+def stream_id_of(aggregate_type: str | type[Aggregate], aggregate_id: str) -> str:
+    """The journal stream of one aggregate, given its class or its ``aggregate_type`` name: ``"License:lic-1"``."""
+    if type(aggregate_type) is not str:
+        if isinstance(aggregate_type, type) and issubclass(aggregate_type, Aggregate):
+            aggregate_type = aggregate_type.aggregate_type
+        else:
+            raise TypeError(
+                "stream_id_of takes an aggregate class or its aggregate_type name, "
+                f"got {type(aggregate_type).__name__} {aggregate_type!r}"
+            )
     return f"{aggregate_type}:{aggregate_id}"
 
 

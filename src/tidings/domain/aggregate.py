@@ -8,6 +8,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+from tidings.domain.errors import InvalidArguments
 from tidings.domain.messages import DomainEvent
 
 __all__ = ["Aggregate", "StateStoredAggregate", "EventSourcedAggregate", "applies"]
@@ -69,7 +70,7 @@ class Aggregate:
 
     def __init__(self, id: str) -> None:
         if not isinstance(id, str) or not id:
-            raise TypeError(f"{type(self).__name__} needs a non-empty str id, got {id!r}")
+            raise InvalidArguments(f"needs a non-empty str id, got {id!r}", field="id", message_type=type(self).__name__)
         self.id = id
         self.version = 0
         self._pending: list[tuple[int, DomainEvent]] = []

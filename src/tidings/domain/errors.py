@@ -6,6 +6,7 @@ __all__ = [
     "TidingsError",
     "DomainError",
     "ValidationError",
+    "InvalidArguments",
     "ConcurrencyError",
     "AggregateNotFound",
     "WrongTenant",
@@ -21,27 +22,36 @@ class DomainError(TidingsError):
 
 
 class ValidationError(TidingsError):
-    """A command or message field has a wrong type or value; ``field`` names it (dotted path).
+    """Bad input: a value that does not fit where it was given; ``field`` names it (a path like ``lines[1].qty``).
+
+    The one error to catch for bad input. A command or message field of the wrong type or value,
+    a message built with a missing or unknown argument (:class:`InvalidArguments`, also a
+    TypeError), and plain data or bytes that do not fit a message type
+    (:class:`~tidings.messaging.errors.MalformedMessage`) are all ValidationErrors.
 
     Attributes:
         field: where the bad value is, as a dotted path into the message (``buyer_id``,
             ``lines[1].qty``); None when the error is about the message as a whole.
-        message_type: the name of the command or message class that was refused, when known.
+        message_type: the name of the command, message or aggregate class that was refused, when known.
         reason: what is wrong, without the location (the exception text is ``Type.field: reason``).
     """
 
     def __init__(self, message: str, *, field: str | None = None, message_type: str | None = None) -> None:
         self.field = field
         self.message_type = message_type
-        where = ""
-        if message_type and field:
-            where = f"{message_type}.{field}: "
-        elif field:
-            where = f"{field}: "
-        elif message_type:
-            where = f"{message_type}: "
-        super().__init__(f"{where}{message}")
         self.reason = message
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        if self.message_type and self.field:
+            return f"{self.message_type}.{self.field}: {self.reason}"
+        if self.field or self.message_type:
+            return f"{self.field or self.message_type}: {self.reason}"
+        return self.reason
+
+
+class InvalidArguments(ValidationError, TypeError):
+    """A message or aggregate was built with a missing, unknown or positional argument; ``field`` names it."""
 
 
 class ConcurrencyError(TidingsError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tidings.domain.errors import TidingsError
+from tidings.domain.errors import TidingsError, ValidationError
 
 __all__ = [
     "MessageError",
@@ -44,15 +44,19 @@ class IncompatibleVersion(MessageError):
         super().__init__(f"{name} v{version} cannot be read as v{current}: {reason}")
 
 
-class MalformedMessage(MessageError):
-    """The bytes are not valid JSON, or a field has the wrong type; ``field`` names it when known."""
+class MalformedMessage(MessageError, ValidationError):
+    """The bytes are not valid JSON, or a field has the wrong type; ``field`` names it when known.
+
+    A ValidationError too, so one ``except ValidationError`` catches bad input from every source.
+    """
 
     def __init__(self, name: str, reason: str, field: str | None = None) -> None:
         self.name = name
-        self.field = field
-        self.reason = reason
-        at = f" at field {field!r}" if field else ""
-        super().__init__(f"malformed {name}{at}: {reason}")
+        super().__init__(reason, field=field, message_type=name)
+
+    def _describe(self) -> str:
+        at = f" at field {self.field!r}" if self.field else ""
+        return f"malformed {self.name}{at}: {self.reason}"
 
 
 class MessageTooLarge(MessageError):

@@ -7,7 +7,6 @@ on read through a chain of dict → dict functions (v1 → v2 → v3) before the
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import weakref
 from collections.abc import Callable, Iterable
@@ -160,28 +159,52 @@ class MessageRegistry:
             raise MalformedMessage(name, str(exc), _field_of(exc)) from None
 
     def validate(self, message: M) -> M:
-        """Check every field of an already-built message against its declared type; return it unchanged.
+        """The message converted to its declared types (nested dicts to classes, strings to times and UUIDs, ...).
 
-        Python does not enforce annotations, so a command built by hand with a wrong type would
-        otherwise be stored as is. The round trip through JSON is what a consumer will do anyway.
+        Python does not enforce annotations, so a message built by hand or from a JSON body may hold
+        a dict where a nested class belongs, a string for a ``datetime`` or a list for a ``tuple``.
+        What comes back is what any reader of the stored message will decode, so a handler sees the
+        same values as the aggregate reloaded later. A command's own ``validate()`` rules then run
+        on the converted message. What cannot be converted is a ValidationError naming the field's
+        path (``lines[1].qty``) and the expected type.
         """
+        converted = self._round_trip(message, writing=False)[1]
+        if hasattr(converted, "validate"):
+            converted.validate()
+        return converted
+
+    def encode_checked(self, message: Message) -> bytes:
+        """The message's payload, after checking that it reads back as its declared types.
+
+        The write path calls this for every event it is about to commit: a field of the wrong type
+        is a ValidationError naming the message type and the field, instead of a row that every
+        reader would refuse.
+        """
+        return self._round_trip(message, writing=True)[0]
+
+    def _round_trip(self, message: M, *, writing: bool) -> tuple[bytes, M]:
+        # One encode and one typed decode, both in C: exactly what a reader of the payload will do.
         message_type = type(message)
         try:
-            self._decoder(message_type).decode(_encoder.encode(message))
+            payload = _encoder.encode(message)
+            return payload, self._decoder(message_type).decode(payload)
         except msgspec.ValidationError as exc:
-            field = _field_of(exc)
-            raise ValidationError(_reason_of(exc), field=field, message_type=message_type.__name__) from None
-        except TypeError as exc:
-            raise ValidationError(str(exc), message_type=message_type.__name__) from None
-        if dataclasses.is_dataclass(message) and hasattr(message, "validate"):
-            message.validate()
-        return message
+            raise _invalid(message, _reason_of(exc), _field_of(exc), writing=writing) from None
+        except TypeError as exc:  # a value the codec cannot encode at all
+            raise _invalid(message, str(exc), None, writing=writing) from None
 
     def _decoder(self, message_type: type[Message]) -> msgspec.json.Decoder[Any]:
         decoder = self._decoders.get(message_type)
         if decoder is None:
             decoder = self._decoders[message_type] = msgspec.json.Decoder(message_type)
         return decoder
+
+
+def _invalid(message: Message, reason: str, field: str | None, *, writing: bool) -> ValidationError:
+    if writing:
+        # Named by its class and by its stored name, which is what the journal and consumers show.
+        reason += f" ({message.message_name} v{message.message_version} was about to be written; fix the code that builds it)"
+    return ValidationError(reason, field=field, message_type=type(message).__name__)
 
 
 def _field_of(exc: msgspec.ValidationError) -> str | None:

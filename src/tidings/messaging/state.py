@@ -8,7 +8,9 @@ from typing import Any
 import msgspec
 
 from tidings.domain.aggregate import Aggregate
+from tidings.domain.errors import ValidationError
 from tidings.messaging.errors import MalformedMessage
+from tidings.messaging.registry import _field_of, _reason_of
 
 __all__ = ["StateCodec"]
 
@@ -19,6 +21,7 @@ class StateCodec:
     """Turns an aggregate class's state to bytes and back; missing fields take their declared defaults."""
 
     def __init__(self, aggregate_class: type[Aggregate]) -> None:
+        self._name = aggregate_class.__name__
         fields = []
         for name, hint in aggregate_class.state_fields().items():
             default = getattr(aggregate_class, name, None)
@@ -34,9 +37,32 @@ class StateCodec:
         """JSON bytes of a state dict."""
         return _encoder.encode(state)
 
+    def encode_checked(self, aggregate: Aggregate) -> bytes:
+        """JSON bytes of the aggregate's state, after checking they decode back as its declared types.
+
+        A state row or snapshot that does not fit would make the aggregate impossible to load, so
+        it is refused before the commit as a ValidationError naming the aggregate and the field.
+        """
+        hint = (
+            f" — {aggregate.aggregate_type} {aggregate.id} would be saved with a state that cannot be loaded again; "
+            "check the @applies methods that set it"
+        )
+        try:
+            data = _encoder.encode(aggregate.state())
+            self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(_reason_of(exc) + hint, field=_field_of(exc), message_type=self._name) from None
+        except TypeError as exc:  # a value the codec cannot encode at all
+            raise ValidationError(str(exc) + hint, message_type=self._name) from None
+        return data
+
     def decode(self, data: bytes | str) -> dict[str, Any]:
         """A state dict with each field of its declared type."""
         try:
             return msgspec.structs.asdict(self._decoder.decode(data))
-        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
-            raise MalformedMessage(self._struct.__name__, f"stored state does not fit the declared fields: {exc}") from None
+        except msgspec.ValidationError as exc:
+            raise MalformedMessage(
+                f"{self._name} state", f"stored state does not fit the declared fields: {exc}", _field_of(exc)
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise MalformedMessage(f"{self._name} state", f"stored state is not valid JSON: {exc}") from None
