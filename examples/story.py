@@ -82,8 +82,12 @@ async def story(store: Store, checks: Checks) -> None:
     ctx = MessageContext(user_id="buyer-ada", tenant="acme")
 
     console.print(Rule("1. licenses are offered"))
+    # The licenses belong to the tenant "acme": another tenant could neither load nor buy them.
     for n in range(1, 4):
-        await app.handle(OfferLicense(license_id=f"lic-{n}", asset_id=f"asset-{n}", price_cents=1500 * n, allowed_uses=2))
+        await app.handle(
+            OfferLicense(license_id=f"lic-{n}", asset_id=f"asset-{n}", price_cents=1500 * n, allowed_uses=2),
+            context=MessageContext(tenant="acme"),
+        )
     checks.expect("three licenses offered", await store.count("aggregate_state") == 3)
 
     console.print(Rule("2. purchases, one refused by an invariant"))
