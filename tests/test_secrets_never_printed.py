@@ -251,6 +251,24 @@ def test_no_command_prints_the_database_password(schema: str, kind: str) -> None
         assert "migrating postgresql://postgres" in _ANSI.sub("", migrate.output), str(migrate)  # the spinner was seen
 
 
+@pytest.mark.parametrize("kind", ["good-userinfo", "wrong-login", "mysql"])
+def test_cdc_commands_never_print_the_source_password(schema: str, kind: str, tmp_path: Path) -> None:
+    # Given the CDC commands pointed at a source database URL with the marker password
+    source = databases(schema)[kind]
+    store = f"sqlite:///{tmp_path / 'cdc.db'}"
+    slot = f"secrets_{uuid.uuid4().hex[:8]}"
+    runs = [
+        run_once(tidings("cdc", "status", "--source", source, "--slot", slot, "--database", store)),
+        run_once(tidings("cdc", "drop", "--source", source, "--slot", slot)),
+    ]
+    # Then none printed it; a source it cannot use is an error line (exit 2), not a traceback
+    for ran in runs:
+        assert not ran.leaks(), str(ran)
+        if kind != "good-userinfo":
+            assert ran.returncode == 2 and "cannot connect to the CDC source" in ran.output, str(ran)
+            assert "Traceback" not in ran.output, str(ran)
+
+
 # -- every worker, with good and bad brokers -----------------------------------------------------
 
 
