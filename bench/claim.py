@@ -79,7 +79,7 @@ async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 "AND o.parked_at IS NULL ORDER BY o.id LIMIT 500"
             )
         finally:
-            await store.execute(f'DROP SCHEMA "{schema}" CASCADE')  # type: ignore[attr-defined]
+            await store.drop_schema()  # type: ignore[attr-defined]
             await store.close()
     ours, ours_worst = results["with history"]
     raw, raw_worst = results["without history"]

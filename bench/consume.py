@@ -168,7 +168,7 @@ class Database:
         if self.store is None:
             return
         if self.kind == "postgresql":
-            await self.store.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')  # type: ignore[attr-defined]
+            await self.store.drop_schema()  # type: ignore[attr-defined]
         await self.store.close()
         if self.kind == "sqlite":
             for suffix in ("", "-wal", "-shm"):

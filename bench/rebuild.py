@@ -358,7 +358,7 @@ async def _setup(args: argparse.Namespace, progress: Progress) -> _Setup:
             return await raw_postgres(args.database_url, schema, args.batch_size, p, args.events)
 
         async def cleanup() -> None:
-            await store.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[attr-defined]
+            await store.drop_schema()  # type: ignore[attr-defined]
             await store.close()
 
         return _Setup(store, raw, f"postgresql schema {schema} (dropped)", cleanup)

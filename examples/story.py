@@ -25,6 +25,7 @@ from tidings import DomainError, MessageContext, ValidationError, open_store
 from tidings.brokers import open_broker
 from tidings.cli.render import journal_table, outbox_table
 from tidings.messaging import MessageTooLarge
+from tidings.messaging.redaction import redact_url
 from tidings.runtime import Relay
 from tidings.store import Store
 from tidings.store.outbox import Outbox
@@ -181,7 +182,7 @@ async def main(database: str | None) -> int:
     checks = Checks()
     with tempfile.TemporaryDirectory() as tmp:
         url = database or f"sqlite:///{Path(tmp) / 'story.db'}"
-        console.print(f"[bold]tidings quickstart[/bold] on {url.split('@')[-1]}")
+        console.print(f"[bold]tidings quickstart[/bold] on {redact_url(url)}")
         store = await open_store(url, migrate=True)
         try:
             await story(store, checks)

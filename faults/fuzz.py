@@ -530,7 +530,7 @@ async def run_all(seed: int, *, long: bool, brokers: Sequence[str] = BROKERS, po
                         await client.close()
                 if dialect == "postgresql":
                     with contextlib.suppress(Exception):
-                        await store.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                        await store.drop_schema()  # type: ignore[attr-defined]
                 await store.close()
                 if server is not None:
                     with contextlib.suppress(Exception):

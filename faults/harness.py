@@ -109,7 +109,7 @@ class Run:
         if self.store is not None:
             if self.schema and not self.keep:
                 with contextlib.suppress(Exception):
-                    await self.store.run(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+                    await self.store.drop_schema()  # type: ignore[attr-defined]
             with contextlib.suppress(Exception):
                 await self.store.close()
         if self.broker is not None:

@@ -36,7 +36,7 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
     yield factory
     for store in opened:
         if request.param == "postgresql" and store is opened[0]:
-            await store.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[attr-defined]
+            await store.drop_schema()  # type: ignore[attr-defined]
         await store.close()
 
 
@@ -54,7 +54,7 @@ async def postgres_store_factory() -> AsyncIterator[StoreFactory]:
 
     yield factory
     if opened:
-        await opened[0].execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[attr-defined]
+        await opened[0].drop_schema()  # type: ignore[attr-defined]
     for store in opened:
         await store.close()
 

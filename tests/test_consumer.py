@@ -748,8 +748,8 @@ async def test_consumers_of_one_name_in_two_schemas_each_own_their_shards() -> N
     finally:
         for member in members:
             await member.release()
-        for schema, store in zip(schemas, stores, strict=True):
-            await store.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for store in stores:
+            await store.drop_schema()  # type: ignore[attr-defined]
             await store.close()
 
 

@@ -312,8 +312,8 @@ async def test_relays_of_two_schemas_in_one_database_each_own_every_partition_of
     finally:
         await first.ownership.release()
         await second.ownership.release()
-        for schema, store in zip(schemas, stores, strict=True):
-            await store.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for store in stores:
+            await store.drop_schema()  # type: ignore[attr-defined]
             await store.close()
 
 

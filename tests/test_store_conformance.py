@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pytest
 
-from model import execute_sql
 from tidings import ConcurrencyError, Envelope
 from tidings.messaging import new_id, utc_now
 from tidings.store import (
@@ -128,7 +127,7 @@ async def test_two_concurrent_migrations_apply_each_migration_exactly_once(store
         assert await second.migrate() == []
     finally:
         if schema:
-            await execute_sql(first, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await first.drop_schema()  # type: ignore[attr-defined]
         await first.close()
         await second.close()
 

@@ -28,13 +28,14 @@ def test_the_story_observes_every_expected_outcome_on_sqlite() -> None:
 async def test_the_story_observes_every_expected_outcome_on_postgresql() -> None:
     require_service("PostgreSQL", "127.0.0.1", 5432)
     import psycopg
+    from psycopg.sql import SQL, Identifier
 
     schema = f"story_{uuid.uuid4().hex[:8]}"
     async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(SQL("CREATE SCHEMA {}").format(Identifier(schema)))
         try:
             result = run_story("--database", f"{POSTGRES_URL}?options={quote(f'-c search_path={schema}')}")
         finally:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            await conn.execute(SQL("DROP SCHEMA {} CASCADE").format(Identifier(schema)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "expected outcomes observed" in result.stdout

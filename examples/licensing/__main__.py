@@ -14,11 +14,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
 from examples.licensing.kernel import Settings
 from examples.licensing.platform import ROLES, Platform
+from tidings.brokers import BrokerError
+from tidings.messaging.redaction import redact_url, scrub
 
 __all__ = ["main"]
 
@@ -62,7 +65,7 @@ async def _run_roles(args: argparse.Namespace, roles: list[str]) -> int:
             for name, reason in platform.missing.items():
                 logging.getLogger("examples.licensing").error("context %s is missing: %s", name, reason)
         logging.getLogger("examples.licensing").info(
-            "running %s on %s and %s", ", ".join(roles), platform.store.url.split("@")[-1], platform.broker_url.split("@")[-1]
+            "running %s on %s and %s", ", ".join(roles), redact_url(platform.store.url), redact_url(platform.broker_url)
         )
         await platform.run(roles, stop)
     return 0
@@ -77,11 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args.database, args.broker, keep=args.keep)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     roles = list(ROLES) if args.command == "serve" else [r.strip() for r in args.roles.split(",") if r.strip()]
+    urls = (args.database or os.environ.get("TIDINGS_DATABASE_URL"), args.broker or os.environ.get("TIDINGS_BROKER_URL"))
     try:
         return asyncio.run(_run_roles(args, roles))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a wrong schema, URL or option: no retry can fix it
+        print(f"error: {scrub(str(exc), *urls)}", file=sys.stderr)
         return 2
+    except (ConnectionError, BrokerError) as exc:  # the database or broker cannot be reached
+        print(f"error: {scrub(str(exc), *urls)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

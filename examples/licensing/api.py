@@ -40,6 +40,7 @@ from examples.licensing.web import MAX_BODY_BYTES, error_responses, tenant_of
 from tidings.domain.errors import AggregateNotFound, ConcurrencyError, DomainError, ValidationError
 from tidings.messaging.errors import MessageError, MessageTooLarge
 from tidings.messaging.ids import new_id
+from tidings.messaging.redaction import redact_url, scrub
 
 if TYPE_CHECKING:
     from examples.licensing.platform import Platform
@@ -251,12 +252,12 @@ def create_app(platform: Platform) -> FastAPI:
             await platform.store.fetch("SELECT 1", ())
             store = "ok"
         except Exception as exc:  # a health check reports, it does not fail the request
-            store = f"{type(exc).__name__}: {exc}"
+            store = f"{type(exc).__name__}: {scrub(str(exc), platform.database_url, platform.broker_url)}"
         return {
             "status": "ok" if store == "ok" and not platform.missing else "degraded",
             "store": store,
-            "database": platform.store.url.split("@")[-1] if platform.store is not None else None,
-            "broker": platform.broker_url.split("@")[-1],
+            "database": redact_url(platform.store.url) if platform.store is not None else None,
+            "broker": redact_url(platform.broker_url),
             "contexts": sorted(platform.contexts),
             "missing": platform.missing,
             "running": platform.running,

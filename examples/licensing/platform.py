@@ -35,6 +35,7 @@ from tidings.brokers import Broker, open_broker
 from tidings.messaging import MessageRegistry
 from tidings.runtime import Consumer, Projection, Projector, Relay, SagaRunner, Scheduler
 from tidings.store import Store, open_store
+from tidings.store.names import sql_name
 
 __all__ = ["CONTEXTS", "ROLES", "Platform", "default_database_url"]
 
@@ -77,7 +78,9 @@ class Platform:
         self.database_url = database_url or os.environ.get("TIDINGS_DATABASE_URL") or default_database_url()
         self.broker_url = broker_url or os.environ.get("TIDINGS_BROKER_URL") or "local:"
         self.settings = settings or Settings()
-        self.schema = schema
+        # Checked here, not only by the store: on SQLite the schema is unused, and a mistyped one
+        # should still be reported rather than silently ignored.
+        self.schema = None if schema is None else sql_name(schema, "PostgreSQL schema name (--schema)")
         self.broker_options = dict(broker_options or {})
         self.context_names = tuple(contexts)
         self.api_host = api_host

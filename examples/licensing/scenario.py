@@ -42,6 +42,7 @@ from examples.licensing.kernel import Settings
 from examples.licensing.platform import CONTEXTS, Platform
 from tidings.cli.trace import collect_trace, trace_tree
 from tidings.messaging.ids import new_id
+from tidings.messaging.redaction import redact_url
 
 __all__ = ["Outcome", "ScenarioResult", "demo_settings", "isolated_broker", "main", "run_scenario"]
 
@@ -545,10 +546,10 @@ async def run_scenario(
             if database.startswith(("postgresql://", "postgres://")):
                 schema = f"demo_{run_id}"
         options = isolated_broker(broker_url, run_id)
-        where = database_url.split("@")[-1] + (f" (schema {schema})" if schema else "")
-        progress.print(f"[bold]tidings media licensing[/bold] on {where} with {broker_url.split('@')[-1]}")
+        where = redact_url(database_url) + (f" (schema {schema})" if schema else "")
+        progress.print(f"[bold]tidings media licensing[/bold] on {where} with {redact_url(broker_url)}")
         platform = Platform(database_url, broker_url, settings=settings or demo_settings(), schema=schema, broker_options=options)
-        result = ScenarioResult(database=where, broker=broker_url.split("@")[-1])
+        result = ScenarioResult(database=where, broker=redact_url(broker_url))
         try:
             with progress.status("opening the store and the broker, building the contexts"):
                 await platform.open()
@@ -598,7 +599,7 @@ async def _clean_up(platform: Platform, schema: str | None, broker_url: str, opt
     """Drop the run's PostgreSQL schema and its broker namespace on a shared server (best effort)."""
     with contextlib.suppress(Exception):
         if schema:
-            await platform.store.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[attr-defined]
+            await platform.store.drop_schema()  # type: ignore[attr-defined]
     scheme = broker_url.split(":", 1)[0].lower()
     with contextlib.suppress(Exception):
         if scheme == "nats" and "stream" in options:

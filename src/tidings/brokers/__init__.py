@@ -8,6 +8,7 @@ from typing import Any
 
 from tidings.brokers.base import (
     Broker,
+    BrokerConfigurationError,
     BrokerError,
     BrokerUnavailable,
     Delivery,
@@ -15,10 +16,12 @@ from tidings.brokers.base import (
     OutgoingMessage,
     Subscription,
 )
+from tidings.messaging.redaction import redact_url
 from tidings.store.base import Store
 
 __all__ = [
     "Broker",
+    "BrokerConfigurationError",
     "BrokerError",
     "BrokerUnavailable",
     "Delivery",
@@ -46,7 +49,8 @@ async def open_broker(url: str | None = None, *, store: Store | None = None, **o
     """Open and connect the broker named by ``url`` (or ``TIDINGS_BROKER_URL``, or ``local:``).
 
     ``local:`` needs the ``store`` whose log it uses; the others connect to their server and raise
-    BrokerUnavailable if it cannot be reached.
+    BrokerUnavailable if it cannot be reached. A URL or option no broker could accept raises
+    BrokerConfigurationError (a ValueError) at once.
     """
     url = url or os.environ.get("TIDINGS_BROKER_URL") or DEFAULT_BROKER_URL
     scheme = url.split(":", 1)[0].lower()
@@ -66,6 +70,6 @@ async def open_broker(url: str | None = None, *, store: Store | None = None, **o
         broker = module.from_url(url, **options)
     else:
         known = ", ".join(["local:"] + sorted(f"{s}://" for s in _MODULES))
-        raise ValueError(f"unsupported broker URL {url!r}: use one of {known}")
+        raise BrokerConfigurationError(f"unsupported broker URL {redact_url(url)!r}: use one of {known}")
     await broker.connect()
     return broker

@@ -13,6 +13,7 @@ from tidings.domain.errors import TidingsError
 
 __all__ = [
     "Broker",
+    "BrokerConfigurationError",
     "BrokerError",
     "BrokerUnavailable",
     "Delivery",
@@ -28,6 +29,13 @@ class BrokerError(TidingsError):
 
 class BrokerUnavailable(BrokerError):
     """Transient: the broker cannot be reached or did not confirm in time; retry later, in order."""
+
+
+class BrokerConfigurationError(BrokerError, ValueError):
+    """Permanent: the broker URL or an option is wrong (unknown scheme or option, malformed URL); fix the configuration.
+
+    A worker stops on it with its message instead of waiting for the broker: no retry can fix it.
+    """
 
 
 class MessageRejected(BrokerError):

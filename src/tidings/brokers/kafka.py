@@ -19,7 +19,10 @@ offset. Kafka does not count deliveries: ``attempt`` counts them in this subscri
 URL query options (all optional, also accepted as keyword arguments of ``from_url``): ``partitions``,
 ``replication_factor``, ``create_topics``, ``publish_timeout``, ``connect_timeout``,
 ``max_request_size``, ``request_timeout_ms``, ``session_timeout_ms``, ``heartbeat_interval_ms``,
-``client_id``. Plaintext connections only (no TLS/SASL yet).
+``client_id``. Credentials in the URL (``kafka://user:password@host:port``) log in with SASL
+(``sasl_mechanism``: PLAIN by default, SCRAM-SHA-256 or SCRAM-SHA-512; ``security_protocol``:
+SASL_PLAINTEXT by default, or SASL_SSL); they are handed to aiokafka as credentials, never as part of
+a host name, so neither our messages nor aiokafka's logs can contain them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -54,7 +57,15 @@ from aiokafka.errors import (
     for_code,
 )
 
-from tidings.brokers.base import BrokerError, BrokerUnavailable, Delivery, MessageRejected, OutgoingMessage
+from tidings.brokers.base import (
+    BrokerConfigurationError,
+    BrokerError,
+    BrokerUnavailable,
+    Delivery,
+    MessageRejected,
+    OutgoingMessage,
+)
+from tidings.messaging.redaction import redact_url
 
 __all__ = ["KafkaBroker", "KafkaSubscription", "from_url", "kafka_topic"]
 
@@ -108,29 +119,71 @@ _INT_OPTIONS = frozenset(
 )
 
 
-def _options_from_query(query: str) -> dict[str, Any]:
+_SASL_MECHANISMS = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})
+_SECURITY_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+
+
+def _options_from_query(query: str, url: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The broker's keyword options and the SASL settings (``sasl_mechanism``, ``security_protocol``) of a URL query."""
     options: dict[str, Any] = {}
+    sasl: dict[str, str] = {}
     for name, value in parse_qsl(query):
-        if name in _INT_OPTIONS:
-            options[name] = int(value)
-        elif name in {"publish_timeout", "connect_timeout"}:
-            options[name] = float(value)
-        elif name == "create_topics":
-            options[name] = value.lower() in {"1", "true", "yes", "on"}
-        elif name == "client_id":
-            options[name] = value
-        else:
-            raise ValueError(f"unknown kafka:// URL option {name!r}; see tidings.brokers.kafka for the list")
-    return options
+        try:
+            if name in _INT_OPTIONS:
+                options[name] = int(value)
+            elif name in {"publish_timeout", "connect_timeout"}:
+                options[name] = float(value)
+            elif name == "create_topics":
+                options[name] = value.lower() in {"1", "true", "yes", "on"}
+            elif name == "client_id":
+                options[name] = value
+            elif name in {"sasl_mechanism", "security_protocol"}:
+                allowed = _SASL_MECHANISMS if name == "sasl_mechanism" else _SECURITY_PROTOCOLS
+                if value.upper() not in allowed:
+                    raise BrokerConfigurationError(
+                        f"kafka:// URL option {name}={value!r} is not one of {', '.join(sorted(allowed))}"
+                    )
+                sasl[name] = value.upper()
+            else:
+                raise BrokerConfigurationError(
+                    f"unknown kafka:// URL option {name!r} in {redact_url(url)!r}; see tidings.brokers.kafka for the list"
+                )
+        except ValueError as exc:
+            if isinstance(exc, BrokerConfigurationError):
+                raise
+            raise BrokerConfigurationError(f"kafka:// URL option {name}={value!r} is not a number") from None
+    return options, sasl
 
 
 def from_url(url: str, **options: Any) -> KafkaBroker:
-    """A KafkaBroker for ``kafka://host:port[,host:port…][?option=value…]`` (not connected yet)."""
+    """A KafkaBroker for ``kafka://[user:password@]host:port[,host:port…][?option=value…]`` (not connected yet)."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "kafka" or not parts.netloc:
-        raise ValueError(f"not a Kafka URL: {url!r}; expected kafka://host:port[,host:port…]")
-    servers = [s if ":" in s else f"{s}:9092" for s in parts.netloc.split(",") if s]
-    return KafkaBroker(url, servers, **(_options_from_query(parts.query) | options))
+        raise BrokerConfigurationError(
+            f"not a Kafka URL: {redact_url(url)!r}; expected kafka://[user:password@]host:port[,host:port…]"
+        )
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    servers = [s if ":" in s else f"{s}:9092" for s in hosts.split(",") if s]
+    query_options, sasl = _options_from_query(parts.query, url)
+    security: dict[str, Any] = {}
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        if not colon:
+            raise BrokerConfigurationError(
+                f"the Kafka URL {redact_url(url)!r} names user {unquote(user)!r} without a password; "
+                "use kafka://user:password@host:port"
+            )
+        security = {
+            "security_protocol": sasl.get("security_protocol", "SASL_PLAINTEXT"),
+            "sasl_mechanism": sasl.get("sasl_mechanism", "PLAIN"),
+            "sasl_plain_username": unquote(user),
+            "sasl_plain_password": unquote(password),
+        }
+    elif sasl:
+        raise BrokerConfigurationError(
+            f"the Kafka URL {redact_url(url)!r} sets {', '.join(sorted(sasl))} but has no user:password@ to log in with"
+        )
+    return KafkaBroker(url, servers, **(query_options | {"security": security} | options))
 
 
 def _classify(exc: BaseException, message: OutgoingMessage) -> BrokerError:
@@ -177,6 +230,7 @@ class KafkaBroker:
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 1_000,
         client_id: str = "tidings",
+        security: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.bootstrap_servers = list(bootstrap_servers)
@@ -189,6 +243,12 @@ class KafkaBroker:
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.client_id = client_id
+        # SASL settings for every aiokafka client (producer, admin, consumers); empty for plaintext.
+        self._security = dict(security or {})
+        if self._security.get("security_protocol") == "SASL_SSL" and "ssl_context" not in self._security:
+            from aiokafka.helpers import create_ssl_context
+
+            self._security["ssl_context"] = create_ssl_context()
         self._max_request_size = max_request_size
         #: A payload over this never fits a produce request; headers and key count against it too.
         self.max_message_bytes = max_request_size
@@ -224,6 +284,7 @@ class KafkaBroker:
                 max_request_size=self._max_request_size,
                 request_timeout_ms=self.request_timeout_ms,
                 linger_ms=0,
+                **self._security,
             )
             try:
                 await asyncio.wait_for(producer.start(), self._remaining(deadline))
@@ -241,6 +302,7 @@ class KafkaBroker:
                 bootstrap_servers=self.bootstrap_servers,
                 client_id=f"{self.client_id}-admin",
                 request_timeout_ms=self.request_timeout_ms,
+                **self._security,
             )
             try:
                 await asyncio.wait_for(admin.start(), self._remaining(deadline))
@@ -484,6 +546,7 @@ class KafkaSubscription:
             # then its partitions, from the committed offsets, go to the next member.
             session_timeout_ms=broker.session_timeout_ms,
             heartbeat_interval_ms=broker.heartbeat_interval_ms,
+            **broker._security,
         )
         self._partitions: dict[TopicPartition, _Partition] = {}
         # Fetched records wait here, not in a generator's locals, so abandoning one ``async for``

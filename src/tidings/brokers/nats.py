@@ -70,7 +70,8 @@ from nats.errors import ConnectionClosedError, Error as NatsError
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from tidings.brokers.base import BrokerError, BrokerUnavailable, Delivery, MessageRejected, OutgoingMessage
+from tidings.brokers.base import BrokerConfigurationError, BrokerError, BrokerUnavailable, Delivery, MessageRejected, OutgoingMessage
+from tidings.messaging.redaction import redact_url
 
 __all__ = ["NatsBroker", "NatsSubscription", "consumer_name", "from_url", "subject_token"]
 
@@ -126,17 +127,28 @@ _OPTION_TYPES: dict[str, type] = {
 def from_url(url: str, **options: Any) -> NatsBroker:
     """A NatsBroker for ``nats://[user:pass@]host[:port][,host2:port…][?option=value…]`` (not yet connected)."""
     parts = urlsplit(url)
-    if parts.scheme != "nats":
-        raise ValueError(f"not a NATS URL: {url!r}; use nats://host:4222")
+    if parts.scheme != "nats" or not url.startswith("nats://"):
+        raise BrokerConfigurationError(f"not a NATS URL: {redact_url(url)!r}; use nats://[user:password@]host:4222")
     query: dict[str, Any] = {}
     for name, value in parse_qsl(parts.query):
         if name not in _OPTION_TYPES:
             known = ", ".join(sorted(_OPTION_TYPES))
-            raise ValueError(f"unknown NATS broker option {name!r} in {url!r}; known options: {known}")
-        query[name] = _OPTION_TYPES[name](value)
+            raise BrokerConfigurationError(
+                f"unknown NATS broker option {name!r} in {redact_url(url)!r}; known options: {known}"
+            )
+        try:
+            query[name] = _OPTION_TYPES[name](value)
+        except ValueError:
+            raise BrokerConfigurationError(
+                f"NATS broker option {name}={value!r} is not a valid {_OPTION_TYPES[name].__name__} "
+                f"(in {redact_url(url)!r})"
+            ) from None
     hosts = parts.netloc or "127.0.0.1:4222"
     servers = [f"nats://{host}" for host in hosts.split(",") if host]
-    return NatsBroker(servers, url=url, **(query | options))
+    try:
+        return NatsBroker(servers, url=url, **(query | options))
+    except ValueError as exc:  # a stream or prefix the server would refuse
+        raise BrokerConfigurationError(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -258,7 +270,7 @@ class NatsBroker:
 
     def _where(self) -> str:
         # Never put credentials from the URL into logs or errors.
-        return ",".join(re.sub(r"//[^@/]*@", "//", server) for server in self.servers)
+        return redact_url(",".join(self.servers))
 
     @property
     def max_message_bytes(self) -> int:

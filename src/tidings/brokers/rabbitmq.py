@@ -46,7 +46,15 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from tidings.brokers.base import BrokerError, BrokerUnavailable, Delivery, MessageRejected, OutgoingMessage
+from tidings.brokers.base import (
+    BrokerConfigurationError,
+    BrokerError,
+    BrokerUnavailable,
+    Delivery,
+    MessageRejected,
+    OutgoingMessage,
+)
+from tidings.messaging.redaction import redact_url
 
 __all__ = ["RabbitMQBroker", "RabbitMQSubscription", "from_url"]
 
@@ -99,15 +107,18 @@ _URL_OPTIONS = {
 def from_url(url: str, **options: Any) -> RabbitMQBroker:
     """A RabbitMQBroker for ``url``; tidings options may be given as query parameters or keyword arguments."""
     parsed = URL(url)
-    from_query = {name: _URL_OPTIONS[name](value) for name, value in parsed.query.items() if name in _URL_OPTIONS}
+    if parsed.scheme not in ("amqp", "amqps") or not url.lower().startswith(f"{parsed.scheme}://") or not parsed.host:
+        # aio-pika would otherwise retry such a URL forever in the background, logging it whole.
+        raise BrokerConfigurationError(
+            f"not an AMQP URL: {redact_url(url)!r}; use amqp://user:password@host:5672/vhost"
+        )
+    try:
+        from_query = {name: _URL_OPTIONS[name](value) for name, value in parsed.query.items() if name in _URL_OPTIONS}
+    except ValueError as exc:
+        raise BrokerConfigurationError(f"a tidings option in {redact_url(url)!r} has a wrong value: {exc}") from None
     rest = {name: value for name, value in parsed.query.items() if name not in _URL_OPTIONS}
     amqp_url = str(parsed.with_query(rest))
     return RabbitMQBroker(amqp_url, **(from_query | options))
-
-
-def _redacted(url: str) -> str:
-    parsed = URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url
 
 
 def _describe(exc: BaseException) -> str:
@@ -206,14 +217,14 @@ class RabbitMQBroker:
                 aiormq.exceptions.ConnectionNotAllowed) as exc:
             # Not transient: retrying with the same URL will be refused the same way.
             raise BrokerError(
-                f"RabbitMQ at {_redacted(self.url)} refused the login ({_describe(exc)}); check the URL's user, "
+                f"RabbitMQ at {redact_url(self.url)} refused the login ({_describe(exc)}); check the URL's user, "
                 "password and vhost"
             ) from exc
         except (OSError, aiormq.exceptions.AMQPError, TimeoutError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not _torn_down(exc):
                 raise
             raise BrokerUnavailable(
-                f"cannot connect to RabbitMQ at {_redacted(self.url)} ({_describe(exc)}); "
+                f"cannot connect to RabbitMQ at {redact_url(self.url)} ({_describe(exc)}); "
                 "check that the server runs there"
             ) from exc
 
@@ -244,12 +255,12 @@ class RabbitMQBroker:
                 await _close_quietly(connection.close(), self.connect_timeout)
                 if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
                     raise BrokerError(
-                        f"exchange {self.exchange_name!r} exists on {_redacted(self.url)} but is not a durable topic "
+                        f"exchange {self.exchange_name!r} exists on {redact_url(self.url)} but is not a durable topic "
                         f"exchange ({exc}); delete it or choose another with ?exchange=…"
                     ) from exc
                 if isinstance(exc, OSError | aiormq.exceptions.AMQPError | TimeoutError) or _torn_down(exc):
                     raise BrokerUnavailable(
-                        f"RabbitMQ at {_redacted(self.url)} did not open a channel ({_describe(exc)})"
+                        f"RabbitMQ at {redact_url(self.url)} did not open a channel ({_describe(exc)})"
                     ) from exc
                 raise
             self._publisher = connection
@@ -265,7 +276,7 @@ class RabbitMQBroker:
         if not self._publisher.connected.is_set():
             # aio-pika reconnects in the background; until then fail at once so the relay backs off.
             down = BrokerUnavailable(
-                f"the connection to RabbitMQ at {_redacted(self.url)} is down; reconnecting every {self.reconnect_interval} s"
+                f"the connection to RabbitMQ at {redact_url(self.url)} is down; reconnecting every {self.reconnect_interval} s"
             )
             return [down] * len(messages)
 

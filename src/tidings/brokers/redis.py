@@ -46,15 +46,15 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from tidings.brokers.base import BrokerConfigurationError, BrokerUnavailable, Delivery, MessageRejected, OutgoingMessage
 from tidings.messaging.partitioning import DEFAULT_PARTITIONS
-from tidings.brokers.base import BrokerUnavailable, Delivery, MessageRejected, OutgoingMessage
+from tidings.messaging.redaction import redact_url, scrub
 
 __all__ = ["RedisBroker", "RedisSubscription", "from_url"]
 
@@ -73,7 +73,10 @@ _TRANSIENT = (RedisError, OSError, TimeoutError)
 
 def from_url(url: str, **options: Any) -> RedisBroker:
     """A Redis Streams broker for ``redis://[:password@]host[:port][/db]`` (see RedisBroker for options)."""
-    return RedisBroker(url, **options)
+    try:
+        return RedisBroker(url, **options)
+    except ValueError as exc:  # a malformed URL (redis-py) or option (ours)
+        raise BrokerConfigurationError(f"cannot use the Redis URL {redact_url(url)!r}: {scrub(str(exc), url)}") from None
 
 
 class RedisBroker:
@@ -109,7 +112,7 @@ class RedisBroker:
         self.prefetch = max(1, prefetch)
         self.timeout = timeout
         self.consumer_name = consumer_name
-        self._where = _redacted(url)
+        self._where = redact_url(url)
         # No automatic command retries: a retried pipeline could append twice, and a retried
         # XREADGROUP could hide entries whose first reply was lost. Callers retry (the relay with
         # backoff, the reader loop after re-reading its pending list); the pool still replaces a
@@ -671,13 +674,3 @@ def _why(exc: BaseException) -> str:
     """``exc`` as a reader wants it (redis-py's own repr hides the message)."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _redacted(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))

@@ -16,6 +16,7 @@ from typing import Any
 
 from tidings.cdc.pgoutput import UNCHANGED, Begin, Commit, Relation, RowMessage, Truncate, decode, format_lsn, parse_lsn
 from tidings.domain.errors import TidingsError
+from tidings.messaging.redaction import redact_url, scrub
 
 __all__ = ["CdcConfigurationError", "RowChange", "SlotReader", "SlotStatus", "SourceTransaction"]
 
@@ -98,7 +99,13 @@ class SlotReader:
         """Open the source connection (autocommit: each peek or advance stands alone)."""
         import psycopg
 
-        self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        except psycopg.Error as exc:
+            # psycopg quotes a DSN it cannot parse, password and all: print neither.
+            raise ConnectionError(
+                f"cannot connect to the CDC source {redact_url(self.dsn)}: {scrub(str(exc), self.dsn)}"
+            ) from None
 
     async def close(self) -> None:
         if self._conn is not None:

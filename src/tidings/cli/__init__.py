@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tidings.cli.render import journal_table, outbox_table, status_table
+from tidings.messaging.redaction import redact_url, scrub
 from tidings.store import Store, open_store
 from tidings.store.errors import PermanentDatabaseError
 
@@ -29,6 +32,8 @@ DatabaseOption = Annotated[
 
 
 def _with_store(url: str | None, work: Callable[[Store], Awaitable[T]], *, migrate: bool | None = None) -> T:
+    """Run ``work`` on the store at ``url``; a connection or configuration error exits 2 with its message."""
+
     async def run() -> T:
         store = await open_store(url, migrate=migrate)
         try:
@@ -39,7 +44,8 @@ def _with_store(url: str | None, work: Callable[[Store], Awaitable[T]], *, migra
     try:
         return asyncio.run(run())
     except (ConnectionError, ValueError, PermanentDatabaseError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        # Scrubbed again: a client library's message may quote the URL it was given.
+        console.print(f"[red]error:[/red] {escape(scrub(str(exc), url, os.environ.get('TIDINGS_BROKER_URL')))}")
         raise typer.Exit(2) from None
 
 
@@ -48,7 +54,7 @@ def migrate(database: DatabaseOption = None) -> None:
     """Apply the store's migrations that are not applied yet."""
 
     async def work(store: Store) -> list[str]:
-        with console.status(f"migrating {store.url} …"):
+        with console.status(f"migrating {redact_url(store.url)} …"):
             return await store.migrate()
 
     applied = _with_store(database, work, migrate=False)

@@ -6,6 +6,7 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tidings.cdc import CdcConfigurationError, CdcRunner, ChangeCapture, SlotReader
@@ -121,5 +122,9 @@ def drop(source: SourceOption, slot: SlotOption) -> None:
         finally:
             await reader.close()
 
-    dropped = asyncio.run(work())
+    try:
+        dropped = asyncio.run(work())
+    except ConnectionError as exc:  # already without the source's password
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     console.print(f"dropped {', '.join(dropped)}" if dropped else f"nothing to drop: no slot or publication named for {slot}")

@@ -6,8 +6,8 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group
@@ -16,15 +16,13 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from tidings.cli import _with_store
 from tidings.cli.loading import import_attribute
 from tidings.cli.workers import broker_when_up, stop_on_signals
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, ReplayRefused
-from tidings.store import Store, open_store
-from tidings.store.errors import PermanentDatabaseError
+from tidings.store import Store
 
 __all__ = ["consume", "dlq_app", "load_consumers"]
-
-T = TypeVar("T")
 
 console = Console()
 dlq_app = typer.Typer(help="Dead letters: messages consumers could not apply, and those parked behind them.", no_args_is_help=True)
@@ -45,21 +43,6 @@ _STATUS_STYLE = {
     "replayed": "green",
     "purged": "dim",
 }
-
-
-def _run(url: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
-    async def go() -> T:
-        store = await open_store(url)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(go())
-    except (ConnectionError, ValueError, PermanentDatabaseError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 # -- tidings consume ----------------------------------------------------------------------------
@@ -104,7 +87,7 @@ def consume(
         finally:
             await connected.close()
 
-    _run(database, work)
+    _with_store(database, work)
 
 
 # -- tidings dlq --------------------------------------------------------------------------------
@@ -128,7 +111,7 @@ def dlq_list(
         letters = DeadLetters(store)
         return await letters.list(consumer=consumer, statuses=statuses, limit=limit), await letters.counts(consumer)
 
-    rows, counts = _run(database, work)
+    rows, counts = _with_store(database, work)
     console.print(dead_letters_table(rows, counts))
 
 
@@ -142,7 +125,7 @@ def dlq_show(
     async def work(store: Store) -> DeadLetter | None:
         return await DeadLetters(store).get(row_id)
 
-    row = _run(database, work)
+    row = _with_store(database, work)
     if row is None:
         console.print(f"[red]error:[/red] there is no dead letter {row_id} — `tidings dlq list` shows the ids")
         raise typer.Exit(1)
@@ -165,7 +148,7 @@ def dlq_replay(
         return await DeadLetters(store).request_replay(ids or (), all_dead=all_dead, consumer=consumer)
 
     try:
-        count = _run(database, work)
+        count = _with_store(database, work)
     except ReplayRefused as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -186,7 +169,7 @@ def dlq_purge(
         return await DeadLetters(store).purge(ids)
 
     try:
-        count = _run(database, work)
+        count = _with_store(database, work)
     except ReplayRefused as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tidings.cli import DatabaseOption, _with_store, console
+from tidings.messaging.redaction import redact_url
 from tidings.cli.loading import import_attribute
 from tidings.cli.workers import stop_on_signals
 from tidings.runtime.projection import Projection
@@ -147,7 +148,7 @@ def run(app_spec: AppOption, database: DatabaseOption = None) -> None:
     async def work(store: Store) -> None:
         stop = stop_on_signals()
         projector = await build(store)
-        console.print(f"projecting {', '.join(sorted(projector.projections))} from {store.url}")
+        console.print(f"projecting {', '.join(sorted(projector.projections))} from {redact_url(store.url)}")
         await projector.run(stop)
 
     _with_store(database, work)

@@ -10,7 +10,6 @@ broker or a running process.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -20,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.tree import Tree
 
-from tidings.store import Store, open_store
+from tidings.store import Store
 
 __all__ = ["Handling", "Trace", "TraceNode", "collect_trace", "trace", "trace_tree"]
 
@@ -279,14 +278,12 @@ def trace(
     """Print the tree of commands, events, publications, handlings and dead letters of one correlation id."""
     console = Console()
 
-    async def work() -> Trace:
-        store = await open_store(database)
-        try:
-            return await collect_trace(store, correlation_id)
-        finally:
-            await store.close()
+    from tidings.cli import _with_store
 
-    found = asyncio.run(work())
+    async def work(store: Store) -> Trace:
+        return await collect_trace(store, correlation_id)
+
+    found = _with_store(database, work)
     if not found.nodes and not found.orphans:
         console.print(f"[yellow]nothing in the store has correlation id {correlation_id}[/yellow]")
         raise typer.Exit(1)

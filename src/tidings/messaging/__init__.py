@@ -11,6 +11,7 @@ from tidings.messaging.errors import (
 )
 from tidings.messaging.ids import new_id
 from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
+from tidings.messaging.redaction import redact_url
 from tidings.messaging.registry import MessageRegistry, Upcaster, registry_of
 from tidings.messaging.state import StateCodec
 
@@ -29,6 +30,7 @@ __all__ = [
     "Upcaster",
     "new_id",
     "partition_of",
+    "redact_url",
     "registry_of",
     "utc_now",
 ]

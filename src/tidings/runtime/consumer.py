@@ -85,6 +85,7 @@ from tidings.runtime.incoming import (
 from tidings.runtime.shards import ShardOwnership, shard_of, shard_ownership
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, classify, is_transient, is_unavailable
+from tidings.store.names import component_name
 
 if TYPE_CHECKING:
     from tidings.app.application import Application, CommandResult
@@ -356,8 +357,8 @@ class Consumer:
         member_id: str | None = None,
         max_message_bytes: int | None = 256 * 1024,
     ) -> None:
-        if not name or name != name.strip():
-            raise ValueError(f"a consumer needs a name without surrounding spaces, got {name!r}")
+        # The name is the broker group, the inbox's and dead letters' key, and appears in logs.
+        component_name(name, "consumer name")
         if on_dead not in ("park", "skip"):
             raise ValueError(f"on_dead must be 'park' or 'skip', got {on_dead!r}")
         if concurrency < 1 or not 1 <= batch_size <= 5000:

@@ -25,6 +25,7 @@ from tidings.messaging.envelope import Envelope
 from tidings.messaging.registry import MessageRegistry
 from tidings.runtime.projection_sql import Statement, WriteBatcher, statement_for
 from tidings.store.base import Store
+from tidings.store.names import component_name, sql_name
 
 __all__ = ["Projection", "Target", "handles", "REBUILD_SUFFIX"]
 
@@ -36,7 +37,6 @@ Target = Literal["live", "rebuild"]
 #: A rebuild fills ``<table>__rebuild`` and swaps it in at the end.
 REBUILD_SUFFIX = "__rebuild"
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Index and constraint names live in one namespace per schema: the rebuild's copies need names of
 # their own, so a declared name must contain a table placeholder (``{licenses}_by_buyer``).
@@ -119,7 +119,7 @@ class Projection:
 
     def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.name = name or cls.__name__
+        cls.name = component_name(cls.__name__ if name is None else name, "projection name")
         cls._handlers_cache = None  # resolved lazily: annotations may name classes defined later
         _check_tables(cls)
 
@@ -275,8 +275,11 @@ def _handlers_of(owner: type, method: Callable[..., Any]) -> list[_Handler]:
 
 def _check_tables(cls: type[Projection]) -> None:
     for table, declared in cls.tables.items():
-        if not _IDENTIFIER.match(table):
-            raise TypeError(f"projection {cls.name}: table name {table!r} must be a plain identifier (letters, digits, _)")
+        # Lowercase: the DDL names the table unquoted (PostgreSQL folds it to lowercase), the projector
+        # quotes it when it drops and renames; both must mean the same table. The rebuild's copy
+        # (with REBUILD_SUFFIX) must fit PostgreSQL's 63 bytes as well.
+        sql_name(table, f"projection {cls.name}: table name", lowercase=True)
+        sql_name(table + REBUILD_SUFFIX, f"projection {cls.name}: the rebuild table of {table!r}", lowercase=True)
         texts = declared.values() if isinstance(declared, Mapping) else [declared]
         for text in texts:
             if "{" + table + "}" not in text:

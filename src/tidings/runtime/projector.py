@@ -32,6 +32,7 @@ from tidings.runtime.journal_reader import JournalBatch, JournalReader, JournalR
 from tidings.runtime.projection import REBUILD_SUFFIX, Projection, Target, _current, _Handler, _Session
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, is_permanent, is_transient
+from tidings.store.names import quoted
 
 __all__ = ["Projector", "ProjectionFailed", "ProjectionStatus", "RebuildProgress", "RebuildResult"]
 
@@ -703,12 +704,12 @@ async def _drop(tx: Store, tables: list[str]) -> None:
     if not tables:
         return
     if tx.dialect == "postgresql":
-        await tx.run(f"DROP TABLE IF EXISTS {', '.join(tables)}")
+        await tx.run(f"DROP TABLE IF EXISTS {', '.join(quoted(t, tx.dialect) for t in tables)}")
         return
     # Tables of one projection may reference each other: check foreign keys at commit, when all are gone.
     await tx.run("PRAGMA defer_foreign_keys = ON")
     for table in tables:
-        await tx.run(f"DROP TABLE IF EXISTS {table}")
+        await tx.run(f"DROP TABLE IF EXISTS {quoted(table, tx.dialect)}")
 
 
 async def _swap(store: Store, projection: Projection, token: str, position: int) -> None:
@@ -738,7 +739,8 @@ async def _swap(store: Store, projection: Projection, token: str, position: int)
                     )
                 await _drop(tx, list(projection.tables))
                 for table in projection.tables:
-                    await tx.run(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
+                    fresh, live = quoted(table + REBUILD_SUFFIX, tx.dialect), quoted(table, tx.dialect)
+                    await tx.run(f"ALTER TABLE {fresh} RENAME TO {live}")
                     await _rename_dependents(tx, table)
                 await tx.run(
                     "UPDATE tidings_checkpoints SET position = ?, updated_at = ? WHERE name = ?",
@@ -771,7 +773,8 @@ async def _rename_dependents(tx: Store, table: str) -> None:
         )
         for relname, relkind in rows:
             kind = "SEQUENCE" if relkind == "S" else "INDEX"
-            await tx.run(f'ALTER {kind} "{relname}" RENAME TO "{table + relname[len(old_prefix):]}"')
+            renamed = quoted(table + relname[len(old_prefix) :], tx.dialect)
+            await tx.run(f"ALTER {kind} {quoted(relname, tx.dialect)} RENAME TO {renamed}")
         return
     # SQLite renames its automatic indexes with the table, and cannot rename the others: create
     # them again under the live name (inside the same transaction, so readers never miss one).
@@ -780,7 +783,7 @@ async def _rename_dependents(tx: Store, table: str) -> None:
     )
     for index, sql in rows:
         if index.startswith(old_prefix):
-            await tx.run(f'DROP INDEX "{index}"')
+            await tx.run(f"DROP INDEX {quoted(index, tx.dialect)}")
             await tx.run(sql.replace(index, table + index[len(old_prefix) :], 1))
 
 

@@ -53,6 +53,7 @@ from tidings.runtime.scheduler import DeadlineRow, NewDeadline, cancel_deadlines
 from tidings.store.base import Store
 from tidings.store.errors import is_conflict
 from tidings.store.locks import lock_until_commit
+from tidings.store.names import component_name
 from tidings.store.records import Changes, OutboxEntry
 
 __all__ = [
@@ -205,7 +206,7 @@ class Saga:
 
     def __init_subclass__(cls, *, name: str | None = None, context: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.saga_type = name or cls.__name__
+        cls.saga_type = component_name(cls.__name__ if name is None else name, "saga name")
         if context is not None:
             cls.context = context
         cls._fields_cache = None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from tidings.messaging.redaction import redact_url
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError
 from tidings.store.lazy import NoTransaction
+from tidings.store.names import InvalidName
 from tidings.store.records import (
     Changes,
     JournalEntry,
@@ -21,6 +23,7 @@ from tidings.store.records import (
 
 __all__ = [
     "Changes",
+    "InvalidName",
     "JournalEntry",
     "NoTransaction",
     "OutboxEntry",
@@ -68,7 +71,7 @@ async def open_store(url: str | None = None, *, migrate: bool | None = None, **o
         store = await PostgresStore.open(url, **options)
     else:
         raise ValueError(
-            f"unsupported database URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host/db"
+            f"unsupported database URL {redact_url(url)!r}: use sqlite:///path/to/file.db or postgresql://user@host/db"
         )
     if migrate:
         await store.migrate()

@@ -17,13 +17,16 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.sql import SQL, Composed, Identifier
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from tidings.domain.errors import ConcurrencyError
+from tidings.messaging.redaction import redact_url, scrub
 from tidings.store.lazy import LazyTransaction, NoTransaction
 from tidings.store.migrations import migrations_for
+from tidings.store.names import sql_name
 from tidings.store.records import Changes, OutboxRow, SnapshotRow, StateRow, StoredEvent
 from tidings.store.row_security import TENANT_SETTING, check_tenant
 
@@ -88,8 +91,11 @@ class PostgresStore:
 
         With ``tenant``, every connection sets ``tidings.tenant``: where row-level security is on
         (:func:`tidings.store.row_security.enable_row_security`), this store sees and writes only
-        that tenant's rows.
+        that tenant's rows. ``schema`` must be a plain identifier (letters, digits, ``_``): anything
+        else is refused with InvalidName before a connection is made.
         """
+        if schema is not None:
+            sql_name(schema, "PostgreSQL schema name")
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": tuple_row}
         options = _session_options(schema, tenant)
         if options:
@@ -100,11 +106,12 @@ class PostgresStore:
         except Exception as exc:
             await pool.close()
             raise ConnectionError(
-                f"cannot connect to PostgreSQL at {_redacted(url)}: {exc} — is the server running and the URL right?"
-            ) from exc
+                f"cannot connect to PostgreSQL at {redact_url(url)}: {scrub(str(exc), url)} — is the server running "
+                "and the URL right?"
+            ) from None
         if schema:
             async with pool.connection() as conn:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                await conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
         return cls(url, pool, schema=schema, tenant=tenant)
 
     # -- connections ---------------------------------------------------------------------------
@@ -228,14 +235,14 @@ class PostgresStore:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    async def _fetchall(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         async with self._connection() as conn:
-            cur = await conn.execute(sql, params)
+            cur = await conn.execute(statement, params)
             return await cur.fetchall()
 
-    async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    async def _fetchone(self, statement: str | Composed, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         async with self._connection() as conn:
-            cur = await conn.execute(sql, params)
+            cur = await conn.execute(statement, params)
             return await cur.fetchone()
 
     async def load_state(self, aggregate_type: str, aggregate_id: str) -> StateRow | None:
@@ -284,7 +291,7 @@ class PostgresStore:
     async def count(self, table: str) -> int:
         if table not in _TABLES:
             raise ValueError(f"unknown table {table!r}; one of {sorted(_TABLES)}")
-        row = await self._fetchone(f"SELECT count(*) FROM tidings_{table}", ())
+        row = await self._fetchone(SQL("SELECT count(*) FROM {}").format(Identifier(f"tidings_{table}")), ())
         return int(row[0]) if row else 0
 
     # -- the write -----------------------------------------------------------------------------
@@ -371,6 +378,13 @@ class PostgresStore:
         async with self._connection() as conn, conn.transaction():
             for statement in statements:
                 await conn.execute(statement)
+
+    async def drop_schema(self) -> None:
+        """Drop this store's schema and everything in it (tests and throwaway runs clean up with this)."""
+        if not self.schema:
+            raise ValueError("this store was opened without schema=…; it will not drop the connection's default schema")
+        async with self._connection() as conn:
+            await conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(self.schema)))
 
     async def close(self) -> None:
         await self._pool.close()
@@ -479,18 +493,13 @@ def _session_options(schema: str | None, tenant: str | None) -> str:
     """The libpq ``options`` of every connection: the schema to search, and the tenant row security compares."""
     options = []
     if schema:
-        options.append(f"-c search_path={schema}")
+        # Quoted, so a capitalised schema is searched under the name it was created with; the name
+        # (checked by sql_name) holds no space or backslash, which libpq's options string treats specially.
+        options.append(f"-c search_path={Identifier(schema).as_string()}")
     if tenant is not None:
         # check_tenant keeps it to characters that need no quoting in an options string.
         options.append(f"-c {TENANT_SETTING}={check_tenant(tenant)}")
     return " ".join(options)
-
-
-def _redacted(url: str) -> str:
-    try:
-        return psycopg.conninfo.make_conninfo(url, password="***") if "password" in url or "@" in url else url
-    except Exception:
-        return "<the configured URL>"
 
 
 def _journal_params(entry: Any) -> tuple[Any, ...]:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tidings.messaging.redaction import redact_url
 from tidings.store import open_store
 from tidings.store.base import Store
 from tidings.testing.harness import AppFactory, Harness, HarnessFactory
@@ -60,13 +61,6 @@ def _unavailable(reason: str) -> NoReturn:
     pytest.skip(f"{reason}; under CI=true this test fails instead")
 
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
-
-
 @_fixture
 async def tidings_sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
     """A migrated SQLite store on a fresh file in the test's tmp_path, closed after the test."""
@@ -89,18 +83,18 @@ async def tidings_postgres_store() -> AsyncIterator[Store]:
                 pass
         except OSError as exc:
             _unavailable(
-                f"PostgreSQL is not reachable at {_redacted(url)} ({exc}); start it or set TIDINGS_TEST_POSTGRES_URL"
+                f"PostgreSQL is not reachable at {redact_url(url)} ({exc}); start it or set TIDINGS_TEST_POSTGRES_URL"
             )
     schema = f"tidings_test_{uuid.uuid4().hex[:12]}"
     try:
         store = await open_store(url, schema=schema, migrate=True)
     except (ConnectionError, RuntimeError) as exc:  # RuntimeError: the postgres extra is not installed
-        _unavailable(f"no PostgreSQL store at {_redacted(url)}: {exc}")
+        _unavailable(f"no PostgreSQL store at {redact_url(url)}: {exc}")
     try:
         yield store
     finally:
         try:
-            await store.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await store.drop_schema()  # type: ignore[attr-defined]
         finally:
             await store.close()
 
