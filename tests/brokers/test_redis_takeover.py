@@ -191,3 +191,32 @@ async def test_a_member_killed_while_handing_back_leaves_a_successor_that_holds_
 
     # Then it holds 6-10 back until it has 1-5, and hands them all on in the key's order
     assert seen == list(range(1, 11))
+
+
+async def test_hundreds_of_deliveries_acked_at_once_are_all_settled(redis_server: RedisServer) -> None:
+    # Given a member holding 600 unsettled deliveries of several keys (the consumer acks a batch, and
+    # the other shards' messages it skips, all at once)
+    publisher = await member(redis_server)
+    await publish(publisher, [message(f"k{n % 30}", n) for n in range(1, 601)])
+    reader = await member(redis_server, claim_idle=60)
+    subscription = await reader.subscribe([TOPIC], GROUP)
+    deliveries = []
+    try:
+        async for delivery in subscription:
+            deliveries.append(delivery)
+            if len(deliveries) == 600:
+                break
+
+        # When it acks them all at once
+        results = await asyncio.gather(*(d.ack() for d in deliveries), return_exceptions=True)
+
+        # Then every ack succeeded and nothing is left pending in the group
+        failed = [r for r in results if r is not None]
+        assert not failed, f"{len(failed)} of 600 acks failed, e.g. {failed[0]!r}"
+        client = reader._client
+        pending = [(await client.xpending(stream, GROUP))["pending"] for stream in subscription._streams]
+        assert sum(pending) == 0
+    finally:
+        await subscription.close()
+        await reader.close()
+        await publisher.close()

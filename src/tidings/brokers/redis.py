@@ -286,6 +286,9 @@ class RedisSubscription:
         # queued) until the fence lifts and it is queued in entry id order.
         self._held_back: set[str] = set()
         self._fenced: dict[str, dict[bytes, Delivery]] = {}
+        # Acks asked for and not yet sent, by stream; sent together by one task (see _send_acks).
+        self._to_ack: dict[str, list[tuple[bytes, asyncio.Future[None]]]] = {}
+        self._acker: asyncio.Task[None] | None = None
         self._joined_at = 0.0
         self._recover = True
         self._closed = False
@@ -623,13 +626,48 @@ class RedisSubscription:
         # Forget it first either way: if XACK fails, the entry goes idle and comes back (to us or
         # another member) after claim_idle, and the inbox drops the duplicate.
         self._held.pop((stream, entry_id), None)
-        try:
-            async with asyncio.timeout(self.broker.timeout):
-                await self._client.xack(stream, self.group, entry_id)
-        except _TRANSIENT as exc:
-            raise BrokerUnavailable(
-                f"could not ack {entry_id!r} of {stream} for group {self.group!r}; it will be delivered again: {_why(exc)}"
-            ) from exc
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._to_ack.setdefault(stream, []).append((entry_id, done))
+        if self._acker is None or self._acker.done():
+            self._acker = loop.create_task(self._send_acks())
+        await done
+
+    async def _send_acks(self) -> None:
+        """Send the acks asked for meanwhile as one pipeline (one XACK per stream), one pipeline at a time.
+
+        The consumer acks a batch, and the other shards' messages it skips, all at once: one XACK
+        each took a connection each, and hundreds at once ran the client's pool out (redis-py:
+        100 connections), so most acks failed and came back as redeliveries. Acks asked for while
+        a pipeline is on its way go in the next one.
+        """
+        await asyncio.sleep(0)  # the rest of this loop turn's acks join the first pipeline
+        while self._to_ack:
+            batch, self._to_ack = self._to_ack, {}
+            errors: dict[str, BaseException] = {}
+            try:
+                async with asyncio.timeout(self.broker.timeout):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for stream, waiting in batch.items():
+                            pipe.xack(stream, self.group, *(entry_id for entry_id, _ in waiting))
+                        replies = await pipe.execute(raise_on_error=False)
+                errors = {s: r for s, r in zip(batch, replies, strict=True) if isinstance(r, BaseException)}
+            except _TRANSIENT as exc:
+                errors = dict.fromkeys(batch, exc)
+            for stream, waiting in batch.items():
+                error = errors.get(stream)
+                for entry_id, done in waiting:
+                    if done.done():
+                        continue  # its caller stopped waiting
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(
+                            BrokerUnavailable(
+                                f"could not ack {entry_id!r} of {stream} for group {self.group!r}; "
+                                f"it will be delivered again: {_why(error)}"
+                            )
+                        )
 
     async def _nack(self, stream: str, entry_id: bytes, delivery: Delivery, delay: float) -> None:
         ref = (stream, entry_id)
