@@ -21,12 +21,22 @@ An entry stays in the group's pending list until XACK. A member *leases* what it
 idle time without counting a delivery), so a slow handler keeps its messages, and a dead member's
 entries go idle. Every member sweeps the group with XAUTOCLAIM for entries idle longer than
 ``claim_idle`` and delivers them before new ones: that is how a crashed member's messages reach the
-next one. A member that joins while others hold entries of a stream reads no new entries of that
-stream until it could have reclaimed them (``claim_idle``), so after a crash a key's older messages
-still come before its newer ones. ``nack(delay)`` keeps the entry pending (and leased) under the
-member; after the delay the member XCLAIMs it back, which counts a delivery, and queues it again.
-``Delivery.attempt`` is Redis' own delivery counter. ``close()`` hands back what was read but not yet
-delivered (XCLAIM with a large IDLE) so the next member takes it at once.
+next one. ``nack(delay)`` keeps the entry pending (and leased) under the member; after the delay
+the member XCLAIMs it back, which counts a delivery, and queues it again. ``Delivery.attempt`` is
+Redis' own delivery counter. ``close()`` hands back everything the member has not settled (XCLAIM
+with a large IDLE): what was read ahead, what waits after a nack, and what was handed out but not
+acked (the consumer drops what it had not started on when it gives a shard back), so the next
+member takes it at once.
+
+Takeover. A member that joins while other consumers hold entries of a stream *fences* that stream:
+it reads no new entries there, and what its sweeps claim there is held (leased) but not handed
+on, until either no other consumer holds anything of the stream any more, or ``claim_idle`` has
+passed since it joined (everything a member that had left or died held is claimable by then; what
+is still held elsewhere belongs to a live member, whose order is its own). Then it hands on what
+it collected sorted by entry id, and reads on. The fence is needed because the entries of a
+previous member become claimable at different moments: released ones at once, the rest only when
+their lease runs out, and a member killed half-way through ``close()`` leaves both kinds. Handing
+on each sweep's catch as it came gave a key's newer messages before its older ones.
 
 One member per group keeps strict order per key; with several members, entries of one partition
 stream are spread over them (Redis has no partition assignment), so order per key then holds
@@ -271,9 +281,14 @@ class RedisSubscription:
         self._waiting: dict[_EntryRef, asyncio.Task[None]] = {}  # nacked, until their delay is over
         self._queue: asyncio.Queue[Delivery | _Closed] = asyncio.Queue()
         self._room = asyncio.Event()
-        # Streams where other consumers held entries when we joined: we read no new entries there
-        # until those could be reclaimed, so a crashed member's messages come before later ones.
+        # Streams where other consumers held entries when we joined ("Takeover" above): no new
+        # entries are read there, and what is claimed there waits in _fenced (held, leased, not
+        # queued) until the fence lifts and it is queued in entry id order.
         self._held_back: set[str] = set()
+        self._fenced: dict[str, dict[bytes, Delivery]] = {}
+        # Acks asked for and not yet sent, by stream; sent together by one task (see _send_acks).
+        self._to_ack: dict[str, list[tuple[bytes, asyncio.Future[None]]]] = {}
+        self._acker: asyncio.Task[None] | None = None
         self._joined_at = 0.0
         self._recover = True
         self._closed = False
@@ -363,7 +378,8 @@ class RedisSubscription:
         await asyncio.gather(*(t for t in self._tasks if t is not None), *self._waiting.values(), return_exceptions=True)
         try:
             async with asyncio.timeout(self.broker.timeout):
-                await self._release([*self._queued, *self._waiting])
+                # Everything not settled, in entry order: the next member may take each part the moment it is released.
+                await self._release(sorted(self._held, key=_entry_order))
                 if clean:
                     await self._forget_consumer()
         except _TRANSIENT as exc:
@@ -372,7 +388,7 @@ class RedisSubscription:
         await self._reader_client.aclose()
 
     async def _release(self, refs: list[_EntryRef]) -> None:
-        """Make entries we will not deliver claimable now, with the delivery count the next member should see."""
+        """Make entries we will not settle claimable now, with the delivery count the next member should see."""
         if not refs:
             return
         async with self._client.pipeline(transaction=False) as pipe:
@@ -380,9 +396,10 @@ class RedisSubscription:
                 delivery = self._held.get((stream, entry_id))
                 if delivery is None:
                     continue  # acked while it waited
-                # Queued entries were never handed out (their next claim is this attempt again);
-                # nacked ones were (their next claim is the following attempt).
-                count = delivery.attempt - 1 if (stream, entry_id) in self._queued else delivery.attempt
+                # Queued and fenced entries were never handed out (their next claim is this attempt
+                # again); handed-out and nacked ones were (their next claim is the following attempt).
+                unseen = (stream, entry_id) in self._queued or entry_id in self._fenced.get(stream, {})
+                count = delivery.attempt - 1 if unseen else delivery.attempt
                 pipe.xclaim(
                     stream, self.group, self.consumer, 0, [entry_id], idle=_RELEASED_IDLE_MS, retrycount=count, justid=True
                 )
@@ -474,10 +491,10 @@ class RedisSubscription:
             claimed = await pipe.execute()
         for stream, entries in zip(orphans, claimed, strict=True):
             for entry_id, fields in entries:
-                self._enqueue(stream, entry_id, fields, counts[(stream, entry_id)] + 1)
+                self._take(stream, entry_id, fields, counts[(stream, entry_id)] + 1)
 
     async def _sweep(self) -> None:
-        """Claim other members' entries that went idle (their member died) and deliver them first."""
+        """Claim other members' entries that went idle (their member died) and deliver them before new ones."""
         started = time.monotonic()
         idle_ms = int(self.broker.claim_idle * 1000)
         cursors = dict.fromkeys(self._streams, b"0-0")
@@ -509,17 +526,18 @@ class RedisSubscription:
             for (stream, entries), pending in zip(fresh.items(), pendings, strict=True):
                 counts = {row["message_id"]: row["times_delivered"] for row in pending}
                 for entry_id, fields in entries:
-                    self._enqueue(stream, entry_id, fields, counts.get(entry_id, 2))
+                    self._take(stream, entry_id, fields, counts.get(entry_id, 2))
         await self._release_held_back(started, swept_fully=set(self._streams) - set(cursors))
 
     async def _release_held_back(self, sweep_started: float, swept_fully: set[str]) -> None:
-        """Start reading new entries of streams whose earlier entries were reclaimed or are held by a live member."""
+        """Lift the fence of streams whose earlier entries were all reclaimed or are held by a live member."""
         if not self._held_back:
             return
         if sweep_started >= self._joined_at + self.broker.claim_idle:
             # Everything a dead member held when we joined was idle long enough for this sweep to take it;
             # what is still held elsewhere belongs to a live member, whose order is its own.
-            self._held_back -= swept_fully
+            for stream in self._held_back & swept_fully:
+                self._lift(stream)
             return
         streams = list(self._held_back)
         async with self._client.pipeline(transaction=False) as pipe:
@@ -529,7 +547,17 @@ class RedisSubscription:
         me = self.consumer.encode()
         for stream, summary in zip(streams, summaries, strict=True):
             if all(c["name"] == me for c in summary["consumers"]):
-                self._held_back.discard(stream)
+                self._lift(stream)
+
+    def _lift(self, stream: str) -> None:
+        """Hand on what was claimed of a fenced stream, oldest entry first, and read its new entries from now on."""
+        self._held_back.discard(stream)
+        fenced = self._fenced.pop(stream, {})
+        for entry_id in sorted(fenced, key=_id_order):
+            ref = (stream, entry_id)
+            if ref in self._held:  # not released by a close() meanwhile
+                self._queued.add(ref)
+                self._queue.put_nowait(fenced[entry_id])
 
     async def _read_new(self, block: float) -> None:
         streams = {stream: ">" for stream in self._streams if stream not in self._held_back}
@@ -550,13 +578,24 @@ class RedisSubscription:
             for entry_id, fields in entries:
                 self._enqueue(stream_name, entry_id, fields, 1)
 
+    def _take(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> None:
+        """Hold a claimed entry: queue it, or keep it back (leased) while its stream is fenced."""
+        if stream in self._held_back:
+            self._fenced.setdefault(stream, {})[entry_id] = self._hold(stream, entry_id, fields, attempt)
+        else:
+            self._enqueue(stream, entry_id, fields, attempt)
+
     def _enqueue(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> None:
+        delivery = self._hold(stream, entry_id, fields, attempt)
+        self._queued.add((stream, entry_id))
+        self._queue.put_nowait(delivery)
+
+    def _hold(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> Delivery:
         topic, partition = self._streams[stream]
         delivery = _decode(topic, partition, fields, attempt)
         delivery._settle = _Settle(self, stream, entry_id)
         self._held[(stream, entry_id)] = delivery
-        self._queued.add((stream, entry_id))
-        self._queue.put_nowait(delivery)
+        return delivery
 
     # -- holding, acking, nacking -------------------------------------------------------------
 
@@ -587,13 +626,48 @@ class RedisSubscription:
         # Forget it first either way: if XACK fails, the entry goes idle and comes back (to us or
         # another member) after claim_idle, and the inbox drops the duplicate.
         self._held.pop((stream, entry_id), None)
-        try:
-            async with asyncio.timeout(self.broker.timeout):
-                await self._client.xack(stream, self.group, entry_id)
-        except _TRANSIENT as exc:
-            raise BrokerUnavailable(
-                f"could not ack {entry_id!r} of {stream} for group {self.group!r}; it will be delivered again: {_why(exc)}"
-            ) from exc
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._to_ack.setdefault(stream, []).append((entry_id, done))
+        if self._acker is None or self._acker.done():
+            self._acker = loop.create_task(self._send_acks())
+        await done
+
+    async def _send_acks(self) -> None:
+        """Send the acks asked for meanwhile as one pipeline (one XACK per stream), one pipeline at a time.
+
+        The consumer acks a batch, and the other shards' messages it skips, all at once: one XACK
+        each took a connection each, and hundreds at once ran the client's pool out (redis-py:
+        100 connections), so most acks failed and came back as redeliveries. Acks asked for while
+        a pipeline is on its way go in the next one.
+        """
+        await asyncio.sleep(0)  # the rest of this loop turn's acks join the first pipeline
+        while self._to_ack:
+            batch, self._to_ack = self._to_ack, {}
+            errors: dict[str, BaseException] = {}
+            try:
+                async with asyncio.timeout(self.broker.timeout):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for stream, waiting in batch.items():
+                            pipe.xack(stream, self.group, *(entry_id for entry_id, _ in waiting))
+                        replies = await pipe.execute(raise_on_error=False)
+                errors = {s: r for s, r in zip(batch, replies, strict=True) if isinstance(r, BaseException)}
+            except _TRANSIENT as exc:
+                errors = dict.fromkeys(batch, exc)
+            for stream, waiting in batch.items():
+                error = errors.get(stream)
+                for entry_id, done in waiting:
+                    if done.done():
+                        continue  # its caller stopped waiting
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(
+                            BrokerUnavailable(
+                                f"could not ack {entry_id!r} of {stream} for group {self.group!r}; "
+                                f"it will be delivered again: {_why(error)}"
+                            )
+                        )
 
     async def _nack(self, stream: str, entry_id: bytes, delivery: Delivery, delay: float) -> None:
         ref = (stream, entry_id)
@@ -647,6 +721,15 @@ def _ref(delivery: Delivery) -> _EntryRef:
     settle = delivery._settle
     assert isinstance(settle, _Settle)
     return (settle.stream, settle.entry_id)
+
+
+def _id_order(entry_id: bytes) -> tuple[int, ...]:
+    """An entry id (``b"1700000000000-3"``) as numbers, so ids sort as Redis orders them."""
+    return tuple(int(part) for part in entry_id.split(b"-"))
+
+
+def _entry_order(ref: _EntryRef) -> tuple[str, tuple[int, ...]]:
+    return ref[0], _id_order(ref[1])
 
 
 def _decode(topic: str, partition: int, fields: dict[bytes, bytes], attempt: int) -> Delivery:
