@@ -57,3 +57,38 @@ def export(apps: AppOption, out: Annotated[Path, typer.Option("--out", "-o", hel
     catalog = read_catalog(apps)
     written = write_export(catalog, out)
     console.print(f"wrote {len(written)} files under {out}: {len(catalog.contracts)} contracts, {len(catalog.applications)} applications")
+
+
+@contracts_app.command("lock")
+def lock_command(apps: AppOption, out: Annotated[Path, typer.Option("--out", "-o", help="the lock file to write")] = Path("contracts.lock.json")) -> None:
+    """Write the current schema of every contract version to a lock file, to commit with the code."""
+    from tidings.contracts.compat import lock
+
+    catalog = read_catalog(apps)
+    lock(catalog, out)
+    versions = sum(len(contract.versions) for contract in catalog.contracts.values())
+    console.print(f"locked {len(catalog.contracts)} contracts ({versions} versions) in {out}")
+
+
+@contracts_app.command("check")
+def check_command(apps: AppOption, lock_file: LockOption = Path("contracts.lock.json")) -> None:
+    """Compare the code's contracts with the lock: a verdict per contract; exit 1 if one is BREAKING."""
+    from tidings.contracts.compat import Verdict, check, read_lock
+
+    catalog = read_catalog(apps)
+    try:
+        locked = read_lock(lock_file)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--lock") from None
+    reports = check(catalog, locked)
+    colours = {Verdict.FULL: "green", Verdict.BACKWARD: "yellow", Verdict.FORWARD: "yellow", Verdict.BREAKING: "red"}
+    for report in reports:
+        note = f" — {report.note}" if report.note else ""
+        console.print(f"[{colours[report.verdict]}]{report.verdict.value:<8}[/] {report.name}{note}", soft_wrap=True, highlight=False)
+        for change in report.changes:
+            console.print(f"    {change.describe()}", soft_wrap=True, highlight=False, markup=False)
+    breaking = [r.name for r in reports if r.verdict is Verdict.BREAKING]
+    if breaking:
+        console.print(f"[red]{len(breaking)} breaking contract(s)[/red]: {', '.join(breaking)}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
+    console.print("no breaking change", highlight=False)

@@ -8,6 +8,7 @@ readable catalog.
 """
 
 from tidings.contracts.catalog import Catalog, Contract, catalog_of
+from tidings.contracts.compat import Change, Verdict, check, lock
 from tidings.contracts.schema import asyncapi_document, json_schema
 
-__all__ = ["Catalog", "Contract", "asyncapi_document", "catalog_of", "json_schema"]
+__all__ = ["Catalog", "Change", "Contract", "Verdict", "asyncapi_document", "catalog_of", "check", "json_schema", "lock"]

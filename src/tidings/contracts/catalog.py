@@ -116,6 +116,8 @@ def catalog_of(*targets: Any) -> Catalog:
 class _Builder:
     def __init__(self) -> None:
         self.classes: dict[str, type[IntegrationEvent]] = {}
+        # Classes named explicitly win over other declarations of the same version still imported.
+        self.explicit: dict[tuple[str, int], type[IntegrationEvent]] = {}
         self.steps: dict[str, set[int]] = {}
         self.usage: dict[str, Usage] = {}
 
@@ -158,6 +160,7 @@ class _Builder:
 
     def _contract(self, contract: type[IntegrationEvent], registry: MessageRegistry | None = None) -> None:
         name = contract.message_name
+        self.explicit[(name, contract.message_version)] = contract
         known = self.classes.get(name)
         if known is None or contract.message_version > known.message_version:
             self.classes[name] = contract
@@ -212,6 +215,7 @@ class _Builder:
         catalog = Catalog(applications=dict(sorted(self.usage.items())))
         for name, current in self.classes.items():
             declared = declared_versions(name)
+            declared.update({version: cls for (n, version), cls in self.explicit.items() if n == name})
             declared[current.message_version] = current
             steps = self.steps.get(name, set())
             versions: dict[int, type[IntegrationEvent] | None] = {current.message_version: current}
