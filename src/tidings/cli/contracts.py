@@ -67,7 +67,7 @@ def lock_command(apps: AppOption, out: Annotated[Path, typer.Option("--out", "-o
     catalog = read_catalog(apps)
     lock(catalog, out)
     versions = sum(len(contract.versions) for contract in catalog.contracts.values())
-    console.print(f"locked {len(catalog.contracts)} contracts ({versions} versions) in {out}")
+    console.print(f"locked {len(catalog.contracts)} contracts ({versions} versions) in {out}", soft_wrap=True, highlight=False)
 
 
 @contracts_app.command("check")
