@@ -92,3 +92,12 @@ def check_command(apps: AppOption, lock_file: LockOption = Path("contracts.lock.
         console.print(f"[red]{len(breaking)} breaking contract(s)[/red]: {', '.join(breaking)}", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
     console.print("no breaking change", highlight=False)
+
+
+@contracts_app.command("docs")
+def docs(apps: AppOption, out: Annotated[Path, typer.Option("--out", "-o", help="directory to write into")]) -> None:
+    """Write the readable catalog (contracts.md and contracts.html): versions, changes, producers, consumers, examples."""
+    from tidings.contracts.docs import write_docs
+
+    written = write_docs(read_catalog(apps), out)
+    console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True, highlight=False)

@@ -214,7 +214,7 @@ class _Builder:
     def finish(self) -> Catalog:
         catalog = Catalog(applications=dict(sorted(self.usage.items())))
         for name, current in self.classes.items():
-            declared = declared_versions(name)
+            declared = declared_versions(name, near=current.__module__)
             declared.update({version: cls for (n, version), cls in self.explicit.items() if n == name})
             declared[current.message_version] = current
             steps = self.steps.get(name, set())

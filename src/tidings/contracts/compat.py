@@ -282,18 +282,29 @@ def _canonical(document: dict[str, Any]) -> Any:
 
 
 def _differences(old: Any, new: Any, path: str) -> list[tuple[str, str]]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        if "properties" in old and "properties" in new:
-            found = [(f"{path}.{n}" if path else n, "field added") for n in new["properties"] if n not in old["properties"]]
-            found += [(f"{path}.{n}" if path else n, "field removed") for n in old["properties"] if n not in new["properties"]]
-            for n in old["properties"]:
-                if n in new["properties"]:
-                    found += _differences(old["properties"][n], new["properties"][n], f"{path}.{n}" if path else n)
-            rest_old = {k: v for k, v in old.items() if k != "properties"}
-            rest_new = {k: v for k, v in new.items() if k != "properties"}
-            return found + ([] if rest_old == rest_new else [(path, "declaration changed (required fields, defaults or constraints)")])
-        return [] if old == new else [(path, "declaration changed")]
-    return [] if old == new else [(path, "declaration changed")]
+    """Where two canonical shapes differ, by field path: fields added or removed, made required or optional, retyped."""
+    if not (isinstance(old, dict) and isinstance(new, dict) and "properties" in old and "properties" in new):
+        if old == new:
+            return []
+        if isinstance(old, dict) and isinstance(new, dict) and isinstance(old.get("type"), str) and isinstance(new.get("type"), str) and old["type"] != new["type"]:
+            return [(path, f"type changed from {old['type']} to {new['type']}")]
+        return [(path, "declaration changed")]
+    at = lambda name: f"{path}.{name}" if path else name  # noqa: E731
+    old_required, new_required = set(old.get("required", ())), set(new.get("required", ()))
+    found = []
+    for name in new["properties"]:
+        if name not in old["properties"]:
+            found.append((at(name), "field added (required)" if name in new_required else "field added (optional, with a default)"))
+    for name in old["properties"]:
+        if name not in new["properties"]:
+            found.append((at(name), "field removed"))
+            continue
+        if (name in old_required) != (name in new_required):
+            found.append((at(name), "made required" if name in new_required else "made optional"))
+        found += _differences(old["properties"][name], new["properties"][name], at(name))
+    rest_old = {k: v for k, v in old.items() if k not in ("properties", "required")}
+    rest_new = {k: v for k, v in new.items() if k not in ("properties", "required")}
+    return found + ([] if rest_old == rest_new else [(path, "declaration changed (openness or constraints)")])
 
 
 # -- reading one shape with another ------------------------------------------------------------

@@ -19,8 +19,9 @@ IMPORTANCES: tuple[str, ...] = ("critical", "high", "normal", "low")
 
 # Every declared contract class by (name, version), old versions included: the registry knows one
 # class per name (the current one), but export and the compatibility check need the shape of every
-# version a reader may still meet. Weak, so classes of a discarded module (a test's) disappear.
-_declared: weakref.WeakValueDictionary[tuple[str, int], type[IntegrationEvent]] = weakref.WeakValueDictionary()
+# version a reader may still meet. Weak, so classes of a discarded module (a test's) disappear; a
+# set, because two modules may declare the same name and version (a test's model, say).
+_declared: dict[tuple[str, int], weakref.WeakSet[type[IntegrationEvent]]] = {}
 _warned: set[tuple[str, int]] = set()
 
 
@@ -90,7 +91,7 @@ class IntegrationEvent(Message):
             raise TypeError(f"{where}: importance={importance!r} is not one of {', '.join(IMPORTANCES)}")
         cls.contract_importance = importance
         cls.contract_deprecated_after = _as_date(deprecated_after, where)
-        _declared[(cls.message_name, cls.message_version)] = cls
+        _declared.setdefault((cls.message_name, cls.message_version), weakref.WeakSet()).add(cls)
 
 
 def _as_date(value: date | str | None, where: str) -> date | None:
@@ -138,6 +139,20 @@ def warn_if_deprecated(contract: type[Message], today: date | None = None) -> bo
     return True
 
 
-def declared_versions(name: str) -> dict[int, type[IntegrationEvent]]:
-    """Every declared class of contract ``name`` that is still imported, by version (old versions included)."""
-    return {version: cls for (n, version), cls in list(_declared.items()) if n == name}
+def declared_versions(name: str, near: str = "") -> dict[int, type[IntegrationEvent]]:
+    """Every declared class of contract ``name`` still imported, by version; of several, the one whose module is nearest ``near``."""
+
+    def nearness(cls: type[IntegrationEvent]) -> tuple[int, str]:
+        shared = 0
+        for mine, theirs in zip(cls.__module__.split("."), near.split(".")):
+            if mine != theirs:
+                break
+            shared += 1
+        return shared, f"{cls.__module__}.{cls.__qualname__}"
+
+    found = {}
+    for (n, version), classes in list(_declared.items()):
+        candidates = list(classes)
+        if n == name and candidates:
+            found[version] = max(candidates, key=nearness)
+    return found
