@@ -75,7 +75,7 @@ from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooL
 from tidings.messaging.ids import new_id
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
-from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter
+from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter, importance_of
 from tidings.runtime.incoming import (
     ReusedEventId,
     check_envelope,
@@ -1117,12 +1117,14 @@ class Consumer:
 
     def _row(self, item: _Item, status: str, reason: str, error: str, trace: str, attempts: int = 0) -> NewDeadLetter:
         delivery, envelope = item.delivery, item.envelope
+        event_type = envelope.event_type if envelope else delivery.headers.get("tidings-event_type")
         return NewDeadLetter(
             topic=delivery.topic,
             key=delivery.key,
             partition=delivery.partition,
             event_id=item.event_id,
-            event_type=envelope.event_type if envelope else delivery.headers.get("tidings-event_type"),
+            event_type=event_type,
+            importance=importance_of(self.registry, event_type),
             schema_version=envelope.schema_version if envelope else None,
             headers=dict(delivery.headers),
             envelope=_envelope_encoder.encode(envelope) if envelope else None,
