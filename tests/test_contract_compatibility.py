@@ -337,3 +337,22 @@ def test_a_broken_lock_file_is_refused_saying_what_to_do(tmp_path: Any, content:
     result = CliRunner().invoke(cli, args, env={"COLUMNS": "400"})
     assert result.exit_code == 2
     assert "restore it from version control" in result.output or "is not a tidings contracts lock" in result.output
+
+
+def test_a_new_version_whose_upcaster_fails_on_an_old_payload_is_breaking() -> None:
+    class V1(IntegrationEvent, name=NAME, version=1):
+        order_id: str
+        total: int
+
+    class V2(IntegrationEvent, name=NAME, version=2):
+        order_id: str
+        total_cents: int
+
+    registry = MessageRegistry([V2])
+    # Forgets to rename total → total_cents: v1 payloads would be dead-lettered as malformed
+    registry.upcaster(V2, 1)(lambda data: data)
+    result = report(V1, [registry, V1])
+    assert result.verdict is Verdict.BREAKING
+    described = result.changes[0].describe()
+    assert 'the upcasters from v1 fail on a v1 payload {"order_id": "text", "total": 1}' in described
+    assert "total_cents" in described and "fix: make the upcaster chain from 1 produce a valid v2 payload" in described

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.messaging.contracts import IntegrationEvent, declared_versions, topic_of
-from tidings.messaging.registry import MessageRegistry
+from tidings.messaging.registry import MessageRegistry, Upcaster
 
 __all__ = ["Catalog", "Contract", "Usage", "catalog_of", "load_target"]
 
@@ -46,6 +46,8 @@ class Contract:
     producers: set[str] = field(default_factory=set)
     #: "application: consumer" for each place it is read.
     consumers: set[str] = field(default_factory=set)
+    #: The upcaster from each old version to the next, as registered.
+    upcasters: dict[int, Upcaster] = field(default_factory=dict)
 
     @property
     def topic(self) -> str:
@@ -118,7 +120,7 @@ class _Builder:
         self.classes: dict[str, type[IntegrationEvent]] = {}
         # Classes named explicitly win over other declarations of the same version still imported.
         self.explicit: dict[tuple[str, int], type[IntegrationEvent]] = {}
-        self.steps: dict[str, set[int]] = {}
+        self.steps: dict[str, dict[int, Upcaster]] = {}
         self.usage: dict[str, Usage] = {}
 
     def add(self, target: Any, group: str | None) -> None:
@@ -165,7 +167,9 @@ class _Builder:
         if known is None or contract.message_version > known.message_version:
             self.classes[name] = contract
         if registry is not None:
-            self.steps.setdefault(name, set()).update(registry.upcast_steps(name))
+            steps = self.steps.setdefault(name, {})
+            for version in registry.upcast_steps(name):
+                steps.setdefault(version, registry.upcaster_for(name, version))  # type: ignore[arg-type]
 
     def _registry(self, registry: MessageRegistry) -> None:
         for name in registry.names:
@@ -217,13 +221,13 @@ class _Builder:
             declared = declared_versions(name, near=current.__module__)
             declared.update({version: cls for (n, version), cls in self.explicit.items() if n == name})
             declared[current.message_version] = current
-            steps = self.steps.get(name, set())
+            steps = self.steps.get(name, {})
             versions: dict[int, type[IntegrationEvent] | None] = {current.message_version: current}
             for version in range(current.message_version - 1, 0, -1):
                 if version not in steps:
                     break
                 versions[version] = declared.get(version)
-            contract = Contract(name, current, dict(sorted(versions.items())))
+            contract = Contract(name, current, dict(sorted(versions.items())), upcasters=dict(steps))
             for usage in self.usage.values():
                 contract.producers.update(f"{usage.name}: {how}" for how in usage.sends.get(name, ()))
                 contract.consumers.update(f"{usage.name}: {how}" for how in usage.receives.get(name, ()))

@@ -27,8 +27,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from tidings.contracts.catalog import Catalog, Contract
-from tidings.contracts.schema import json_schema
+from tidings.contracts.schema import example_payload, json_schema
 
 __all__ = ["LOCK_FORMAT", "Change", "ContractReport", "Verdict", "check", "lock", "lock_document", "read_lock"]
 
@@ -204,7 +206,8 @@ def _compare(contract: Contract, entry: dict[str, Any], today: date) -> list[Cha
             continue
         changes.extend(_in_place(number, backward, forward))
     if current > locked_current:
-        changes.extend(_bumped(contract, locked_current, current))
+        locked_schema = entry["versions"].get(str(locked_current), {}).get("schema")
+        changes.extend(_bumped(contract, locked_current, current, locked_schema))
     return changes
 
 
@@ -232,13 +235,26 @@ def _fix(problem: str, number: int) -> str:
     return f"bump to version {number + 1} and add an upcaster from {number} that converts the old value"
 
 
-def _bumped(contract: Contract, locked_current: int, current: int) -> list[Change]:
+def _bumped(contract: Contract, locked_current: int, current: int, locked_schema: dict[str, Any] | None) -> list[Change]:
     if locked_current not in contract.versions:
         return [Change(
             current, "", f"v{current} replaces v{locked_current}, but v{locked_current} payloads can no longer be read (no upcaster chain)",
             backward=False, forward=False, breaking=True,
             fix=f"register an upcaster from {locked_current} to {locked_current + 1}" + (f" and on to {current}" if current > locked_current + 1 else ""),
         )]  # fmt: skip
+    if locked_schema is not None:
+        # The chain exists; try it on a payload of the locked shape, as a consumer would meet one.
+        data = example_payload(locked_schema)
+        try:
+            for step in range(locked_current, current):
+                data = contract.upcasters[step](dict(data))
+            msgspec.convert(data, contract.current)
+        except Exception as exc:
+            return [Change(
+                current, "", f"the upcasters from v{locked_current} fail on a v{locked_current} payload {json.dumps(example_payload(locked_schema))}: {exc}",
+                backward=False, forward=False, breaking=True,
+                fix=f"make the upcaster chain from {locked_current} produce a valid v{current} payload (test it with an old payload)",
+            )]  # fmt: skip
     return [Change(
         current, "", f"new version v{current}, read back from v{locked_current} through upcasters; consumers still on v{locked_current} "
         f"dead-letter v{current} payloads as a newer version: deploy consumers before producers",

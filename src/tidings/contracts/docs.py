@@ -8,48 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tidings.contracts.catalog import Catalog, Contract
-from tidings.contracts.compat import _accepts, _canonical, _differences, _Shapes
-from tidings.contracts.schema import json_schema
+from tidings.contracts.compat import _accepts, _canonical, _differences
+from tidings.contracts.schema import example_payload, json_schema
 
 __all__ = ["example_payload", "version_changes", "write_docs"]
-
-
-def example_payload(schema: dict[str, Any]) -> Any:
-    """A payload that fits ``schema``: defaults where declared, else a plain value of each field's type."""
-    shapes = _Shapes(schema)
-
-    def build(node: Any, depth: int) -> Any:
-        node = shapes.resolve(node)
-        if depth > 8 or not isinstance(node, dict):
-            return None
-        if "default" in node:
-            return node["default"]
-        if "enum" in node:
-            return node["enum"][0]
-        if "const" in node:
-            return node["const"]
-        if "anyOf" in node:
-            members = [m for m in node["anyOf"] if shapes.resolve(m).get("type") != "null"] or node["anyOf"]
-            return build(members[0], depth + 1)
-        kind = node.get("type")
-        if kind == "object":
-            if "properties" not in node and isinstance(node.get("additionalProperties"), dict):
-                return {"key": build(node["additionalProperties"], depth + 1)}
-            return {name: build(field, depth + 1) for name, field in node.get("properties", {}).items()}
-        if kind == "array":
-            if "prefixItems" in node:
-                return [build(item, depth + 1) for item in node["prefixItems"]]
-            return [build(node.get("items", {}), depth + 1)]
-        formats = {"date-time": "2026-01-31T12:00:00Z", "date": "2026-01-31", "uuid": "7f3e2b1c-0000-4000-8000-000000000000", "decimal": "9.99"}
-        return {
-            "string": formats.get(node.get("format", ""), "text"),
-            "integer": node.get("minimum", 1),
-            "number": 1.5,
-            "boolean": True,
-            "null": None,
-        }.get(kind if isinstance(kind, str) else "", None)
-
-    return build(schema, 0)
 
 
 def version_changes(contract: Contract) -> list[str]:

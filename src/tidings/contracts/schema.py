@@ -19,7 +19,7 @@ from tidings.contracts.catalog import Catalog, Contract
 from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope
 
-__all__ = ["SCHEMA_DIALECT", "asyncapi_document", "envelope_schema", "json_schema", "schema_id", "write_export"]
+__all__ = ["SCHEMA_DIALECT", "asyncapi_document", "example_payload", "envelope_schema", "json_schema", "schema_id", "write_export"]
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -169,6 +169,52 @@ def _payload_schema(contract: Contract, version: int, cls: type[IntegrationEvent
                 f"two contracts nest different types both named {name!r} ({contract.name} v{version} and another); "
                 "rename one of the nested classes so the exported schemas do not collide"
             )
+
+
+def example_payload(schema: dict[str, Any]) -> Any:
+    """A payload that fits ``schema``: defaults where declared, else a plain value of each field's type."""
+    definitions = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        for _ in range(50):
+            if not (isinstance(node, dict) and "$ref" in node):
+                break
+            ref = node["$ref"]
+            node = schema if ref == "#" else definitions.get(ref.rsplit("/", 1)[-1], {})
+        return node
+
+    def build(node: Any, depth: int) -> Any:
+        node = resolve(node)
+        if depth > 8 or not isinstance(node, dict):
+            return None
+        if "default" in node:
+            return node["default"]
+        if "enum" in node:
+            return node["enum"][0]
+        if "const" in node:
+            return node["const"]
+        if "anyOf" in node:
+            members = [m for m in node["anyOf"] if resolve(m).get("type") != "null"] or node["anyOf"]
+            return build(members[0], depth + 1)
+        kind = node.get("type")
+        if kind == "object":
+            if "properties" not in node and isinstance(node.get("additionalProperties"), dict):
+                return {"key": build(node["additionalProperties"], depth + 1)}
+            return {name: build(field, depth + 1) for name, field in node.get("properties", {}).items()}
+        if kind == "array":
+            if "prefixItems" in node:
+                return [build(item, depth + 1) for item in node["prefixItems"]]
+            return [build(node.get("items", {}), depth + 1)]
+        formats = {"date-time": "2026-01-31T12:00:00Z", "date": "2026-01-31", "uuid": "7f3e2b1c-0000-4000-8000-000000000000", "decimal": "9.99"}
+        return {
+            "string": formats.get(node.get("format", ""), "text"),
+            "integer": node.get("minimum", 1),
+            "number": 1.5,
+            "boolean": True,
+            "null": None,
+        }.get(kind if isinstance(kind, str) else "", None)
+
+    return build(schema, 0)
 
 
 def write_export(catalog: Catalog, out: Path) -> list[Path]:

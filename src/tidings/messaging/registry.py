@@ -91,6 +91,10 @@ class MessageRegistry:
         """The versions of ``name`` that have an upcaster to the next one, ascending."""
         return sorted(version for (n, version) in self._upcasters if n == name)
 
+    def upcaster_for(self, name: str, from_version: int) -> Upcaster | None:
+        """The function that turns ``name`` v``from_version`` into the next version, or None."""
+        return self._upcasters.get((name, from_version))
+
     def readable_versions(self, name: str) -> list[int]:
         """Every version of ``name`` this registry reads: the current one and each old one with a full upcaster chain."""
         current = self.type_for(name).message_version
