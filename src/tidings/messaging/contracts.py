@@ -75,6 +75,9 @@ class IntegrationEvent(Message):
         if topic is not None and (not isinstance(topic, str) or not topic):
             raise TypeError(f"{where}: topic= must be a non-empty string, got {topic!r}")
         cls.contract_topic = topic
+        if topic is not None and not is_field:
+            # ``Contract.topic`` reads as it did when the topic was a class attribute.
+            type.__setattr__(cls, "topic", topic)
         if key is not None:
             fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
             if key not in fields:
