@@ -152,3 +152,28 @@ def test_an_app_spec_that_names_nothing_readable_is_refused_clearly() -> None:
     assert not_contracts.exit_code == 2 and "cannot read contracts from" in not_contracts.output
     empty = runner.invoke(cli, ["contracts", "export", "--app", "json:decoder", "--out", "/tmp/nowhere"])
     assert empty.exit_code == 2 and "found no integration events in json:decoder" in empty.output
+
+
+def test_a_translator_that_publishes_on_another_topic_than_declared_is_named_as_such(tmp_path: Path) -> None:
+    from tidings import Application, DomainEvent
+    from tidings.contracts import catalog_of
+    from tidings.messaging import Envelope, IntegrationEvent
+    from tidings.store.sqlite import SqliteStore
+
+    class Shipped(DomainEvent):
+        order_id: str
+
+    class OrderShipped(IntegrationEvent, name="shop.OrderShipped", topic="shop.orders", key="order_id"):
+        order_id: str
+
+    app = Application(SqliteStore(str(tmp_path / "t.db")), name="shop")
+
+    @app.translator(Shipped, topic="shop.legacy-orders")
+    def shipped(event: Shipped, envelope: Envelope) -> OrderShipped:
+        return OrderShipped(order_id=event.order_id)
+
+    contract = catalog_of(app).contracts["shop.OrderShipped"]
+    assert contract.producers == {
+        "shop: translator test_a_translator_that_publishes_on_another_topic_than_declared_is_named_as_such.<locals>.shipped "
+        "(on topic shop.legacy-orders, not the declared shop.orders)"
+    }

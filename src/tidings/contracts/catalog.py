@@ -184,10 +184,12 @@ class _Builder:
         self._registry(app.registry)
         usage = self._uses(app.name)
         for translators in app._translators.values():
-            for translate, _topic in translators:
+            for translate, topic in translators:
                 for contract in _returned(translate) | _published_in(translate):
                     self._contract(contract, app.registry)
-                    usage.sends.setdefault(contract.message_name, set()).add(f"translator {translate.__qualname__}")
+                    # A translator's topic= overrides the contract's: say so, the documents show the declared one.
+                    elsewhere = f" (on topic {topic}, not the declared {topic_of(contract)})" if topic and topic != topic_of(contract) else ""
+                    usage.sends.setdefault(contract.message_name, set()).add(f"translator {translate.__qualname__}{elsewhere}")
         handlers = [*app._command_handlers.values(), *(h for hs in app._event_handlers.values() for h in hs)]
         for handler in handlers:
             for contract in _published_in(handler):
