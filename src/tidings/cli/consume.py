@@ -103,7 +103,7 @@ def dlq_summary(ctx: typer.Context, database: DatabaseOption = None) -> None:
         letters = DeadLetters(store)
         return await letters.counts(), await letters.counts_by_importance()
 
-    counts, by_importance = _run(database, work)
+    counts, by_importance = _with_store(database, work)
     per_status: dict[str, int] = {}
     for (_, status), n in counts.items():
         per_status[status] = per_status.get(status, 0) + n
