@@ -1,4 +1,4 @@
-# Two entry points: `make demo` runs the main job, `make test` runs the suite. Both set up .venv first.
+# Two entry points: `make demo` runs the main job, `make test` checks the contract lock and runs the suite. Both set up .venv first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m examples.licensing demo $(ARGS)
 
+# The platform's contracts are checked against their lock first: a breaking change fails fast.
 test: $(STAMP)
+	$(PY) -m examples.licensing contracts check
 	$(PY) -m pytest $(ARGS)
 
 bench: $(STAMP)

@@ -32,11 +32,13 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
     "runtime": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime"}),
     # Change data capture is a process beside the runtime's: it writes the outbox as the app layer does.
     "cdc": frozenset({"domain", "messaging", "store", "app", "cdc"}),
+    # Contract tooling reads applications, consumers and sagas as wired (export, lock, check, docs).
+    "contracts": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "contracts"}),
     # The users' test kit drives applications and runtimes, never the operator surfaces.
     "testing": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "testing"}),
     "dashboard": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "dashboard"}),
     # The command line may start the dashboard and read the package facade (``__version__``).
-    "cli": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "cdc", "dashboard", "cli", FACADE}),
+    "cli": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "cdc", "contracts", "dashboard", "cli", FACADE}),
 }
 
 # Standard-library modules that do I/O or run concurrently; the domain is plain synchronous Python.

@@ -1,6 +1,8 @@
-"""``python -m examples.licensing demo|serve|run-roles``: the scenario, the whole platform, or some of its roles.
+"""``python -m examples.licensing demo|serve|run-roles|contracts``: the scenario, the platform, some roles, its contracts.
 
     demo        the self-checking scenario (``make demo``); exit 0 only if every outcome was observed
+    contracts   ``check`` the contracts against examples/licensing/contracts.lock.json (exit 1 if breaking),
+                ``lock`` them again, ``export --out DIR`` (JSON Schema, AsyncAPI), ``docs --out DIR``
     serve       every role in one process, the API on --host/--port (the embedded default needs nothing else)
     run-roles   only the roles named by --roles, e.g. ``--roles relay`` in one process and
                 ``--roles consumers,projector,scheduler`` in another, on PostgreSQL and a real broker
@@ -17,6 +19,9 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
+
+import click
 
 from examples.licensing.kernel import Settings
 from examples.licensing.platform import ROLES, Platform
@@ -34,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--database", help="store URL (env TIDINGS_DATABASE_URL); sqlite:///file.db or postgresql://…")
         sub.add_argument("--broker", help="broker URL (env TIDINGS_BROKER_URL); local:, nats://…, redis://…, amqp://…, kafka://…")
         sub.add_argument("--schema", help="PostgreSQL schema of the platform's tables (default: the connection's)")
+
+    contracts = commands.add_parser("contracts", help="check, lock, export or document the platform's contracts")
+    contracts.add_argument("action", choices=["check", "lock", "export", "docs"])
+    contracts.add_argument("--out", help="directory to write into (export, docs)")
 
     demo = commands.add_parser("demo", help="run the self-checking scenario")
     demo.add_argument("--database", help="store URL; default: a fresh SQLite file per run (PostgreSQL: a fresh schema per run)")
@@ -71,9 +80,39 @@ async def _run_roles(args: argparse.Namespace, roles: list[str]) -> int:
     return 0
 
 
+#: The platform's contract lock, committed with the code and checked by ``make test``.
+CONTRACTS_LOCK = Path(__file__).resolve().parent / "contracts.lock.json"
+#: What ``tidings contracts --app`` reads for the platform: every context as wired.
+CONTRACTS_APP = "examples.licensing.platform:context_parts"
+
+
+def _contracts(action: str, out: str | None) -> int:
+    """Run ``tidings contracts ACTION`` on the platform; its exit status."""
+    from tidings.cli import app as tidings
+
+    if action in ("export", "docs") and not out:
+        print(f"error: contracts {action} needs --out DIR", file=sys.stderr)
+        return 2
+    arguments = {
+        "check": ["--lock", str(CONTRACTS_LOCK)],
+        "lock": ["--out", str(CONTRACTS_LOCK)],
+        "export": ["--out", str(out)],
+        "docs": ["--out", str(out)],
+    }[action]
+    try:
+        # Not standalone: click returns the exit status (typer.Exit's code) instead of leaving the process.
+        status = tidings(["contracts", action, "--app", CONTRACTS_APP, *arguments], prog_name="python -m examples.licensing", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return status if isinstance(status, int) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "contracts":
+        return _contracts(args.action, args.out)
     if args.command == "demo":
         from examples.licensing.scenario import main as demo
 

@@ -37,7 +37,7 @@ from tidings.runtime import Consumer, Projection, Projector, Relay, SagaRunner, 
 from tidings.store import Store, open_store
 from tidings.store.names import sql_name
 
-__all__ = ["CONTEXTS", "ROLES", "Platform", "default_database_url"]
+__all__ = ["CONTEXTS", "ROLES", "Platform", "context_parts", "default_database_url"]
 
 log = logging.getLogger("examples.licensing.platform")
 
@@ -309,3 +309,20 @@ def _check_roles(roles: Iterable[str]) -> set[str]:
     if unknown:
         raise ValueError(f"unknown role(s) {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")
     return chosen
+
+
+async def context_parts(contexts: Sequence[str] = CONTEXTS) -> list[ContextParts]:
+    """Every context as it is wired, on a throwaway in-memory store: for ``tidings contracts --app`` to read.
+
+    The parts are for reading what each context sends and receives; the store is closed when this returns.
+    """
+    store = await open_store("sqlite:///:memory:", migrate=False)
+    try:
+        parts = []
+        for name in contexts:
+            built: ContextParts = importlib.import_module(f"examples.licensing.{name}.infrastructure.wiring").build(store, Settings())
+            register_contracts(built.application.registry)
+            parts.append(built)
+        return parts
+    finally:
+        await store.close()

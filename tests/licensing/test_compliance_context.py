@@ -118,7 +118,7 @@ async def publish_contracts(store: Store, broker: Broker, *events: Any, correlat
     """Commit an outbox row per Licensing contract (as Licensing would) and relay them; their event ids."""
     entries = [
         outbox_entry(
-            event, topic=type(event).topic, key=event.license_id, source="licensing",
+            event, topic=type(event).contract_topic, key=event.license_id, source="licensing",
             context=MessageContext(correlation_id=correlation_id),
         )
         for event in events

@@ -107,10 +107,10 @@ def test_contracts_are_named_by_the_context_that_publishes_them_and_versioned() 
 
 def test_each_contract_has_its_own_topic_and_every_version_shares_it() -> None:
     # Given the catalog / then topics are distinct, broker-safe, and v1 travels where v2 does
-    topics = [contract.topic for contract in CONTRACTS]  # type: ignore[attr-defined]
+    topics = [contract.contract_topic for contract in CONTRACTS]
     assert len(set(topics)) == len(topics)
     assert all(set(topic) <= set("abcdefghijklmnopqrstuvwxyz0123456789._-") for topic in topics)
-    assert LicensePurchaseConfirmedV1.topic == LicensePurchaseConfirmed.topic == LICENSE_PURCHASE_CONFIRMED_TOPIC
+    assert LicensePurchaseConfirmedV1.contract_topic == LicensePurchaseConfirmed.contract_topic == LICENSE_PURCHASE_CONFIRMED_TOPIC
 
 
 _SCALARS = (str, int, float, bool, datetime, type(None))

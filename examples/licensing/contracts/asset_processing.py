@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar
 
 from examples.licensing.contracts.topics import ASSET_PROCESSING_STALLED_TOPIC, ASSET_READY_FOR_SEARCH_TOPIC
 from tidings.messaging import IntegrationEvent
@@ -14,10 +13,11 @@ __all__ = ["AssetReadyForSearch", "AssetProcessingStalled", "STALLED_STAGES"]
 STALLED_STAGES = frozenset({"awaiting_metadata", "awaiting_index"})
 
 
-class AssetReadyForSearch(IntegrationEvent, name="asset_processing.AssetReadyForSearch", version=1):
+class AssetReadyForSearch(
+    IntegrationEvent, name="asset_processing.AssetReadyForSearch", version=1,
+    topic=ASSET_READY_FOR_SEARCH_TOPIC, key="asset_id", importance="normal",
+):
     """An uploaded asset has its metadata and is indexed: it can be found, shown and licensed."""
-
-    topic: ClassVar[str] = ASSET_READY_FOR_SEARCH_TOPIC
 
     asset_id: str
     owner_id: str
@@ -33,10 +33,11 @@ class AssetReadyForSearch(IntegrationEvent, name="asset_processing.AssetReadyFor
     keywords: tuple[str, ...] = ()
 
 
-class AssetProcessingStalled(IntegrationEvent, name="asset_processing.AssetProcessingStalled", version=1):
+class AssetProcessingStalled(
+    IntegrationEvent, name="asset_processing.AssetProcessingStalled", version=1,
+    topic=ASSET_PROCESSING_STALLED_TOPIC, key="asset_id", importance="high",
+):
     """An asset was not ready for search within the allowed time; ``stage`` says where it stopped."""
-
-    topic: ClassVar[str] = ASSET_PROCESSING_STALLED_TOPIC
 
     asset_id: str
     owner_id: str

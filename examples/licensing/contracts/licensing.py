@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from examples.licensing.contracts.topics import (
     LICENSE_PURCHASE_CONFIRMED_TOPIC,
@@ -24,14 +24,15 @@ __all__ = [
 V1_CURRENCY = "EUR"
 
 
-class LicensePurchaseConfirmedV1(IntegrationEvent, name="licensing.LicensePurchaseConfirmed", version=1):
+class LicensePurchaseConfirmedV1(
+    IntegrationEvent, name="licensing.LicensePurchaseConfirmed", version=1,
+    topic=LICENSE_PURCHASE_CONFIRMED_TOPIC, key="license_id", importance="critical",
+):
     """Version 1 of LicensePurchaseConfirmed as it was published, kept to document and produce old payloads.
 
     Never register it: a registry knows one class per name (the current one, v2) and reads v1
     payloads through :func:`license_purchase_confirmed_v1_to_v2`.
     """
-
-    topic: ClassVar[str] = LICENSE_PURCHASE_CONFIRMED_TOPIC
 
     license_id: str
     asset_id: str
@@ -39,10 +40,11 @@ class LicensePurchaseConfirmedV1(IntegrationEvent, name="licensing.LicensePurcha
     price_cents: int
 
 
-class LicensePurchaseConfirmed(IntegrationEvent, name="licensing.LicensePurchaseConfirmed", version=2):
+class LicensePurchaseConfirmed(
+    IntegrationEvent, name="licensing.LicensePurchaseConfirmed", version=2,
+    topic=LICENSE_PURCHASE_CONFIRMED_TOPIC, key="license_id", importance="critical",
+):
     """A buyer bought a license for an asset at a price; v2 adds the price's ``currency`` (ISO 4217)."""
-
-    topic: ClassVar[str] = LICENSE_PURCHASE_CONFIRMED_TOPIC
 
     license_id: str
     asset_id: str
@@ -60,10 +62,11 @@ def license_purchase_confirmed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "currency": V1_CURRENCY}
 
 
-class LicenseUsageReported(IntegrationEvent, name="licensing.LicenseUsageReported", version=1):
+class LicenseUsageReported(
+    IntegrationEvent, name="licensing.LicenseUsageReported", version=1,
+    topic=LICENSE_USAGE_REPORTED_TOPIC, key="license_id", importance="high",
+):
     """A buyer reported uses of a licensed asset; ``used`` is the running total after this report."""
-
-    topic: ClassVar[str] = LICENSE_USAGE_REPORTED_TOPIC
 
     license_id: str
     asset_id: str
@@ -73,10 +76,11 @@ class LicenseUsageReported(IntegrationEvent, name="licensing.LicenseUsageReporte
     allowed: int
 
 
-class UsageViolationDetected(IntegrationEvent, name="licensing.UsageViolationDetected", version=1):
+class UsageViolationDetected(
+    IntegrationEvent, name="licensing.UsageViolationDetected", version=1,
+    topic=USAGE_VIOLATION_DETECTED_TOPIC, key="license_id", importance="critical",
+):
     """A buyer's reported usage went past the license's allowance (``used`` > ``allowed``)."""
-
-    topic: ClassVar[str] = USAGE_VIOLATION_DETECTED_TOPIC
 
     license_id: str
     asset_id: str

@@ -14,6 +14,7 @@ import msgspec
 
 from tidings.app.application import DEFAULT_MAX_MESSAGE_BYTES
 from tidings.domain.messages import Message
+from tidings.messaging.contracts import warn_if_deprecated
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MessageTooLarge
 from tidings.messaging.ids import new_id
@@ -57,6 +58,8 @@ def outbox_entry(
     ``context``; the causation id is the cause's event id. Field types are validated and the
     payload's size is checked here, before anything is written.
     """
+    if getattr(type(message), "contract_deprecated_after", None) is not None:
+        warn_if_deprecated(type(message))
     message = _validator.validate(message)  # converted to its field types; a command's own validate() rules ran
     payload = MessageRegistry.encode(message)
     if len(payload) > max_message_bytes:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.errors import AggregateNotFound, ValidationError
-from tidings.messaging.contracts import IntegrationEvent
+from tidings.messaging.contracts import IntegrationEvent, partition_key_of, warn_if_deprecated
 from tidings.messaging.envelope import Envelope
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class UnitOfWork:
         """Append an integration event to the outbox of this transaction (published only if it commits).
 
         ``key`` is the partition key: messages with one key are delivered in commit order. By
-        default it is the aggregate the event is about: in a domain-bus handler, the aggregate
+        default it is the value of the field the contract declares as ``key=``; without one, the aggregate the event is about: in a domain-bus handler, the aggregate
         whose event is being handled; in a command handler, the one aggregate the handler loaded
         or added (or returned). A command handler that touched several aggregates, or none, must
         pass ``key=`` — otherwise the command is refused with a ValidationError before anything
@@ -121,13 +121,17 @@ class UnitOfWork:
         """
         if not isinstance(event, IntegrationEvent):
             raise TypeError(f"publish takes an IntegrationEvent, got {type(event).__name__}")
+        contract = type(event)
+        if contract.contract_key is not None and key is None:
+            key = partition_key_of(event)
         if key is None and self.cause is not None and self.cause.aggregate_id:
             key = self.cause.aggregate_id
+        if contract.contract_deprecated_after is not None:
+            warn_if_deprecated(contract)
         self.publications.append(
             PendingPublication(
                 event=event,
-                # A contract may name its topic (a ``topic`` class attribute); else its message name.
-                topic=topic or getattr(type(event), "topic", None) or event.message_name,
+                topic=topic or contract.contract_topic or event.message_name,
                 partition_key=key,
                 causation_id=self.causation_id,
                 cause=self.cause,

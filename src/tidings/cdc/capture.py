@@ -23,7 +23,7 @@ from typing import Any
 from tidings.app.outgoing import outbox_entry
 from tidings.cdc.source import RowChange, SlotReader, SourceTransaction
 from tidings.domain.errors import TidingsError
-from tidings.messaging.contracts import IntegrationEvent
+from tidings.messaging.contracts import IntegrationEvent, partition_key_of, topic_of
 from tidings.messaging.envelope import MessageContext
 from tidings.store.base import Store
 from tidings.store.records import Changes, OutboxEntry
@@ -208,8 +208,8 @@ class CdcRunner:
                     event = publish.event
                     _, entry = outbox_entry(
                         event,
-                        topic=publish.topic or getattr(type(event), "topic", None) or event.message_name,
-                        key=publish.key or change.key,
+                        topic=publish.topic or topic_of(type(event)),
+                        key=publish.key or partition_key_of(event) or change.key,
                         source=self.capture.source,
                         context=MessageContext(
                             correlation_id=str(uuid.uuid5(CDC_NAMESPACE, f"{change.table}|{change.key}")),

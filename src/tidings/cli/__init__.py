@@ -105,11 +105,16 @@ def outbox_list(
 
 @outbox_app.command("status")
 def outbox_status(database: DatabaseOption = None) -> None:
-    """Backlog, age of the oldest undelivered row, parked and retrying rows, per partition owners."""
+    """Backlog, age of the oldest undelivered row, parked and retrying rows, per partition owners; dead letters by importance."""
+    from tidings.cli.consume import importance_summary
+    from tidings.runtime.dead_letters import DeadLetters
     from tidings.store.outbox import Outbox
 
     async def work(store: Store) -> None:
         console.print(status_table(await Outbox(store).status()))
+        # What the outbox delivered but consumers could not apply, by how much the business cares.
+        waiting = await DeadLetters(store).counts_by_importance()
+        console.print(f"dead letters waiting, by importance: {importance_summary(waiting)}", highlight=False)
 
     _with_store(database, work)
 
@@ -186,3 +191,4 @@ app.add_typer(_dlq_app, name="dlq")
 from tidings.cli import cdc as _cdc  # noqa: E402,F401  (registers `tidings cdc run | status | drop`)
 from tidings.cli.trace import trace as _trace  # noqa: E402  (tidings trace CORRELATION_ID)
 app.command("trace")(_trace)
+from tidings.cli import contracts as _contracts  # noqa: E402,F401  (registers `tidings contracts export | lock | check | docs`)

@@ -25,7 +25,7 @@ from tidings.store import Store
 __all__ = ["consume", "dlq_app", "load_consumers"]
 
 console = Console()
-dlq_app = typer.Typer(help="Dead letters: messages consumers could not apply, and those parked behind them.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: messages consumers could not apply, and those parked behind them.", invoke_without_command=True)
 
 DatabaseOption = Annotated[
     str | None,
@@ -93,6 +93,34 @@ def consume(
 # -- tidings dlq --------------------------------------------------------------------------------
 
 
+@dlq_app.callback()
+def dlq_summary(ctx: typer.Context, database: DatabaseOption = None) -> None:
+    """Without a command: how many dead letters wait, per status and per importance of their contract."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def work(store: Store) -> tuple[dict[tuple[str, str], int], dict[str | None, int]]:
+        letters = DeadLetters(store)
+        return await letters.counts(), await letters.counts_by_importance()
+
+    counts, by_importance = _with_store(database, work)
+    per_status: dict[str, int] = {}
+    for (_, status), n in counts.items():
+        per_status[status] = per_status.get(status, 0) + n
+    console.print("by status: " + (", ".join(f"{n} {s}" for s, n in sorted(per_status.items())) or "none"), highlight=False)
+    console.print(f"waiting, by importance: {importance_summary(by_importance)}", highlight=False)
+    console.print("`tidings dlq list [--importance critical]` lists them; `tidings dlq --help` shows every command", highlight=False)
+
+
+def importance_summary(counts: dict[str | None, int]) -> str:
+    """``2 critical, 1 normal, 3 not a contract``: dead letters per importance, most important first."""
+    from tidings.messaging.contracts import IMPORTANCES
+
+    order = {name: n for n, name in enumerate(IMPORTANCES)}
+    ranked = sorted(counts.items(), key=lambda item: order.get(item[0] or "", len(order)))
+    return ", ".join(f"{n} {importance or 'not a contract'}" for importance, n in ranked) or "none"
+
+
 @dlq_app.command("list")
 def dlq_list(
     database: DatabaseOption = None,
@@ -102,14 +130,22 @@ def dlq_list(
     ] = None,
     all_statuses: Annotated[bool, typer.Option("--all", help="every status, replayed and purged too")] = False,
     limit: Annotated[int, typer.Option(help="at most this many rows")] = 50,
+    importance: Annotated[
+        str | None, typer.Option("--importance", "-i", help="only dead letters of contracts of this importance (critical, high, normal, low)")
+    ] = None,
 ) -> None:
     """Show dead letters, oldest first: what is dead, what is held behind it, what waits for a replay."""
+    from tidings.messaging.contracts import IMPORTANCES
+
+    if importance is not None and importance not in IMPORTANCES:
+        raise typer.BadParameter(f"{importance!r} is not one of {', '.join(IMPORTANCES)}", param_hint="--importance")
     statuses = ("dead", "held", "replay_requested", "replayed", "purged") if all_statuses else tuple(status or ())
     statuses = statuses or ("dead", "held", "replay_requested")
 
     async def work(store: Store) -> tuple[list[DeadLetter], dict[tuple[str, str], int]]:
         letters = DeadLetters(store)
-        return await letters.list(consumer=consumer, statuses=statuses, limit=limit), await letters.counts(consumer)
+        rows = await letters.list(consumer=consumer, statuses=statuses, limit=limit, importance=importance)
+        return rows, await letters.counts(consumer)
 
     rows, counts = _with_store(database, work)
     console.print(dead_letters_table(rows, counts))
@@ -188,13 +224,14 @@ def dead_letters_table(rows: Sequence[DeadLetter], counts: dict[tuple[str, str],
             per_status[status] = per_status.get(status, 0) + n
         summary = ": " + ", ".join(f"{n} {status}" for status, n in sorted(per_status.items()))
     table = Table(title=f"dead letters{summary}", title_justify="left")
-    for column in ("id", "consumer", "status", "topic", "key", "event", "attempts", "reason / error", "since"):
+    for column in ("id", "consumer", "status", "importance", "topic", "key", "event", "attempts", "reason / error", "since"):
         table.add_column(column, overflow="fold")
     for row in rows:
         event = f"{row.event_type or '?'}" + (f" v{row.schema_version}" if row.schema_version else "")
         why = row.reason if row.status == "held" else f"{row.reason}: {_first_line(row.error)}"
         table.add_row(
-            str(row.id), row.consumer, Text(row.status, style=_STATUS_STYLE.get(row.status, "")), row.topic, row.key,
+            str(row.id), row.consumer, Text(row.status, style=_STATUS_STYLE.get(row.status, "")),
+            Text(row.importance or "—", style="bold red" if row.importance == "critical" else ""), row.topic, row.key,
             f"{event}\n…{row.event_id[-12:]}", str(row.attempts), why, row.created_at.isoformat(timespec="seconds"),
         )
     if not rows:

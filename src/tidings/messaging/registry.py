@@ -87,6 +87,25 @@ class MessageRegistry:
         self.register(*other._by_name.values())
         self._upcasters.update(other._upcasters)
 
+    def upcast_steps(self, name: str) -> list[int]:
+        """The versions of ``name`` that have an upcaster to the next one, ascending."""
+        return sorted(version for (n, version) in self._upcasters if n == name)
+
+    def upcaster_for(self, name: str, from_version: int) -> Upcaster | None:
+        """The function that turns ``name`` v``from_version`` into the next version, or None."""
+        return self._upcasters.get((name, from_version))
+
+    def readable_versions(self, name: str) -> list[int]:
+        """Every version of ``name`` this registry reads: the current one and each old one with a full upcaster chain."""
+        current = self.type_for(name).message_version
+        steps = set(self.upcast_steps(name))
+        readable = [current]
+        for version in range(current - 1, 0, -1):
+            if version not in steps:
+                break
+            readable.append(version)
+        return sorted(readable)
+
     def type_for(self, name: str) -> type[Message]:
         """The class registered under ``name``, or UnknownMessageType listing what is known."""
         try:

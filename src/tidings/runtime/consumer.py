@@ -69,12 +69,13 @@ from tidings.brokers.base import Broker, BrokerUnavailable, Delivery, OutgoingMe
 from tidings.brokers.headers import headers_to_envelope
 from tidings.domain.errors import TidingsError, ValidationError
 from tidings.domain.messages import Message
+from tidings.messaging.contracts import topic_of
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooLarge, UnknownMessageType
 from tidings.messaging.ids import new_id
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
-from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter
+from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter, importance_of
 from tidings.runtime.incoming import (
     ReusedEventId,
     check_envelope,
@@ -443,7 +444,7 @@ class Consumer:
             self.registry.register(target)
             name = target.message_name
             # A contract that names its topic is read from there, as the producer publishes it.
-            self._default_topics.add(getattr(target, "topic", None) or name)
+            self._default_topics.add(topic_of(target))
             self._class_names.add(name)
         else:
             raise TypeError(f"route a message class, a message name or ANY, not {target!r}")
@@ -453,7 +454,7 @@ class Consumer:
     def topics(self) -> list[str]:
         """The topics this consumer subscribes to: as given, or those of the messages it handles.
 
-        A message class's topic is its ``topic`` attribute when it has one (as the unit of work
+        A message class's topic is its declared ``topic=`` when it has one (as the unit of work
         publishes it), else its message name; a route by name subscribes to that name.
         """
         if self._topics:
@@ -1116,12 +1117,14 @@ class Consumer:
 
     def _row(self, item: _Item, status: str, reason: str, error: str, trace: str, attempts: int = 0) -> NewDeadLetter:
         delivery, envelope = item.delivery, item.envelope
+        event_type = envelope.event_type if envelope else delivery.headers.get("tidings-event_type")
         return NewDeadLetter(
             topic=delivery.topic,
             key=delivery.key,
             partition=delivery.partition,
             event_id=item.event_id,
-            event_type=envelope.event_type if envelope else delivery.headers.get("tidings-event_type"),
+            event_type=event_type,
+            importance=importance_of(self.registry, event_type),
             schema_version=envelope.schema_version if envelope else None,
             headers=dict(delivery.headers),
             envelope=_envelope_encoder.encode(envelope) if envelope else None,

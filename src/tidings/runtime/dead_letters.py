@@ -24,9 +24,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from tidings.domain.errors import TidingsError
+from tidings.messaging.registry import MessageRegistry
 from tidings.store.base import Store
 
-__all__ = ["DeadLetter", "DeadLetters", "DeadLetterStatus", "ReplayRefused", "BLOCKING_STATUSES"]
+__all__ = ["DeadLetter", "DeadLetters", "DeadLetterStatus", "ReplayRefused", "BLOCKING_STATUSES", "importance_of"]
 
 DeadLetterStatus = Literal["dead", "held", "replay_requested", "replayed", "purged"]
 
@@ -35,12 +36,12 @@ BLOCKING_STATUSES: tuple[str, ...] = ("dead", "held", "replay_requested")
 
 _COLUMNS = (
     "id, consumer, topic, partition_key, partition, event_id, event_type, schema_version, headers, envelope, "
-    "payload, reason, error, traceback, attempts, status, created_at, updated_at"
+    "payload, reason, error, traceback, attempts, status, created_at, updated_at, importance"
 )
 _INSERT = (
     "INSERT INTO tidings_dead_letters (consumer, topic, partition_key, partition, event_id, event_type, "
-    "schema_version, headers, envelope, payload, reason, error, traceback, attempts, status) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "schema_version, headers, envelope, payload, reason, error, traceback, attempts, status, importance) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -70,6 +71,8 @@ class DeadLetter:
     status: str
     created_at: datetime
     updated_at: datetime
+    #: The importance its contract declares (critical, high, normal, low); None if it is no known contract.
+    importance: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,14 @@ class NewDeadLetter:
     traceback: str
     attempts: int
     status: str
+    importance: str | None = None
+
+
+def importance_of(registry: MessageRegistry, event_type: str | None) -> str | None:
+    """The importance the contract named ``event_type`` declares; None for anything that is not a known contract."""
+    if event_type is None or event_type not in registry:
+        return None
+    return getattr(registry.type_for(event_type), "contract_importance", None)
 
 
 class DeadLetters:
@@ -114,7 +125,7 @@ class DeadLetters:
                 None if r.schema_version is None or _int32(r.schema_version) != r.schema_version else r.schema_version,
                 json.dumps(r.headers, default=repr), r.envelope.decode() if r.envelope is not None else None,
                 r.payload, column_text(r.reason, 1000), column_text(r.error, 8000), column_text(r.traceback, 64_000),
-                r.attempts, r.status,
+                r.attempts, r.status, r.importance,
             )
             for r in rows
         ]
@@ -165,10 +176,17 @@ class DeadLetters:
     # -- what operators do ---------------------------------------------------------------------
 
     async def list(
-        self, *, consumer: str | None = None, statuses: Sequence[str] = ("dead", "held", "replay_requested"), limit: int = 50
+        self,
+        *,
+        consumer: str | None = None,
+        statuses: Sequence[str] = ("dead", "held", "replay_requested"),
+        limit: int = 50,
+        importance: str | None = None,
     ) -> list[DeadLetter]:
-        """Rows of ``statuses`` (all consumers, or one), oldest first."""
+        """Rows of ``statuses`` (all consumers, or one; of one importance, or any), oldest first."""
         where, params = self._where(consumer, statuses)
+        if importance is not None:
+            where, params = f"{where or ' WHERE 1 = 1'} AND importance = ?", (*params, importance)
         rows = await self.store.fetch(
             f"SELECT {_COLUMNS} FROM tidings_dead_letters{where} ORDER BY id LIMIT ?", (*params, limit)
         )
@@ -181,6 +199,12 @@ class DeadLetters:
             f"SELECT consumer, status, count(*) FROM tidings_dead_letters{where} GROUP BY consumer, status", params
         )
         return {(consumer_name, status): int(n) for consumer_name, status, n in rows}
+
+    async def counts_by_importance(self, statuses: Sequence[str] = BLOCKING_STATUSES) -> dict[str | None, int]:
+        """How many rows of ``statuses`` each importance has (None: messages that are no known contract)."""
+        where, params = self._where(None, statuses)
+        rows = await self.store.fetch(f"SELECT importance, count(*) FROM tidings_dead_letters{where} GROUP BY importance", params)
+        return {importance: int(n) for importance, n in rows}
 
     async def get(self, row_id: int) -> DeadLetter | None:
         """One row by id, whatever its status."""
@@ -281,7 +305,7 @@ def _int32(value: int) -> int:
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     (
         row_id, consumer, topic, key, partition, event_id, event_type, schema_version, headers, envelope,
-        payload, reason, error, traceback, attempts, status, created_at, updated_at,
+        payload, reason, error, traceback, attempts, status, created_at, updated_at, importance,
     ) = row
     return DeadLetter(
         id=int(row_id),
@@ -302,6 +326,7 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
         status=status,
         created_at=_time(created_at),
         updated_at=_time(updated_at),
+        importance=importance,
     )
 
 

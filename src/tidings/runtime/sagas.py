@@ -43,7 +43,7 @@ from tidings.app.application import DEFAULT_MAX_MESSAGE_BYTES
 from tidings.app.outgoing import command_topic, outbox_entry
 from tidings.domain.errors import ConcurrencyError, TidingsError
 from tidings.domain.messages import Command, DomainEvent, Message
-from tidings.messaging.contracts import IntegrationEvent
+from tidings.messaging.contracts import IntegrationEvent, partition_key_of, topic_of
 from tidings.messaging.envelope import Envelope, utc_now
 from tidings.messaging.errors import MalformedMessage
 from tidings.messaging.ids import new_id
@@ -925,7 +925,7 @@ class SagaRunner:
             topic = command_topic(target)
         # The saga's key partitions what it sends: one instance's commands and events stay in order.
         _, entry = outbox_entry(
-            message, topic=topic or getattr(type(message), "topic", None) or message.message_name, key=instance.key, source=source, cause=envelope,
+            message, topic=topic or topic_of(type(message)), key=partition_key_of(message) or instance.key, source=source, cause=envelope,
             partitions=self.partitions, max_message_bytes=self.max_message_bytes, now=now,
         )  # fmt: skip
         return entry
