@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from examples.fulfilment.legacy.acl import LegacyAcl
 from examples.fulfilment.ordering.domain import AcceptOrder, PlaceOrder
 from examples.fulfilment.platform import Fulfilment
 from examples.fulfilment.scenario import awaiting, publications, shipments
-from examples.fulfilment.shipping.application import DUPLICATES
+from examples.fulfilment.shipping.application import AWAITING_RELEASE, DUPLICATES
 from support import unavailable
 from tidings.cdc import Drop, Publish, RowChange, UnreadableRow
 from tidings.messaging import MessageContext
@@ -198,6 +199,53 @@ def test_the_demo_observes_every_outcome_and_exits_zero() -> None:
     failed = [line for line in output.splitlines() if line.startswith("  ✗ ")]
     assert not failed and "outcomes observed" in output, output[-3000:]
     assert "legacy change public.oms_orders:DE-9" in output, output[-3000:]
+
+
+def test_reconcile_finds_and_repairs_every_injected_discrepancy_and_applies_nothing_twice() -> None:
+    # Given the fault harness: a dropped broker message, an inbox row and its effect deleted, a
+    # corrupted read-model row, a legacy acceptance the CDC slot was moved past, a duplicated message
+    if not (PG_BIN / "initdb").exists():
+        unavailable(f"PostgreSQL's initdb is not installed at {PG_BIN}")
+    result = subprocess.run([sys.executable, "-m", "faults", "reconcile", "--json"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.stdout.strip(), result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    # Then each one was found and repaired, nothing was applied twice, nothing else was reported
+    assert figures["found"] == figures["injected"] == figures["repaired"], figures
+    assert figures["applied_twice"] == 0 and figures["unexpected_findings"] == [] and figures["remaining_findings"] == [], figures
+    assert figures["repairs_audited"] == 4, figures  # the duplicate needs none: the inbox absorbed it
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+async def test_reconcile_repairs_are_audited_with_their_command_line_and_not_repeated_within_the_cooldown(database: str) -> None:
+    async with Fulfilment(database) as system:
+        await system.switch("DE", "legacy")
+        await system.start()
+        try:
+            await dual_write(system, "R1", "DE")
+            assert await system.settle(lambda: _awaiting_all(system, {"R1"}))
+        finally:
+            await system.stop()
+        corrupt = f"UPDATE {AWAITING_RELEASE} SET sku = 'WRONG' WHERE order_id = 'R1'"
+        await system.store.run(corrupt)
+
+    argv = [sys.executable, "-m", "tidings.cli", "reconcile", "-d", database, "--app", "examples.fulfilment.reconciling:reconciler",
+            "--grace", "0"]  # fmt: skip
+    # When reconcile only reports, it changes nothing and exits 1
+    report = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert report.returncode == 1 and "read_model_differs" in report.stdout and "sku 'WRONG' ≠ 'SKU-1'" in report.stdout, report.stdout + report.stderr
+    # When it repairs, the row is rewritten and the repair is audited with the command line
+    repaired = subprocess.run([*argv, "--repair", "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    outcome = json.loads(repaired.stdout)["repairs"]
+    assert [r["outcome"][:5] for r in outcome] == ["done:"], outcome
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        assert (await (await conn.execute(f"SELECT sku FROM {AWAITING_RELEASE} WHERE order_id = 'R1'")).fetchone()) == ("SKU-1",)
+        [(command_line, action, audited)] = await (await conn.execute("SELECT command_line, action, outcome FROM tidings_reconcile_audit")).fetchall()
+        assert "--repair" in command_line and action == "rewrite row" and audited.startswith("done"), (command_line, action, audited)
+        # When the same row breaks again at once, the repair is refused by the cooldown (audited too)
+        await conn.execute(corrupt)
+    again = subprocess.run([*argv, "--repair", "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "cooldown" in json.loads(again.stdout)["repairs"][0]["outcome"], again.stdout + again.stderr
 
 
 async def _awaiting_all(system: Fulfilment, orders: set[str]) -> bool:
