@@ -6,7 +6,9 @@
    DE keeps flowing through the legacy path meanwhile.
 3. A legacy row with a garbage amount is dead-lettered by the ACL with the column and reason, and
    the orders after it flow on.
-4. "Why did warehouse release not happen for order DE-9?" is answered by one command:
+4. A read-model row corrupted behind Shipping's back is found and rewritten by ``tidings reconcile
+   --repair`` (audited); a second run finds only DE-9's dead letter.
+5. "Why did warehouse release not happen for order DE-9?" is answered by one command:
    ``tidings trace order:DE-9`` shows the legacy change and its dead letter.
 
 The demo starts a private PostgreSQL with ``wal_level=logical`` (the machine's own server is never
@@ -169,10 +171,21 @@ async def run_story(database_url: str, broker_url: str = "local:", story: Story 
             opened = await shipments(system)
             expected = {"DE-1", "DE-2", "DE-3", "DE-4", "DE-10", "AT-1", "AT-2", "AT-3", "AT-4"}
             story.check("every accepted, readable order has exactly one shipment", opened == dict.fromkeys(expected, 1), str(opened))
+
+            story.say("4. a read-model row is corrupted behind Shipping's back; tidings reconcile finds and repairs it")
+            await system.store.run(f"UPDATE {AWAITING_RELEASE} SET quantity = 40 WHERE order_id = 'DE-2'")
+            report = _reconcile(database_url, "--repair")
+            ours = [r for r in report.get("repairs", []) if r["finding"]["key"] == "DE-2"]
+            story.check("reconcile reported DE-2's row as different from its shipment and rewrote it (audited)",
+                        [(r["finding"]["kind"], r["outcome"][:5]) for r in ours] == [("read_model_differs", "done:")], str(report)[-600:])  # fmt: skip
+            rows = await system.store.fetch(f"SELECT quantity FROM {AWAITING_RELEASE} WHERE order_id = 'DE-2'")
+            story.check("DE-2's row holds the shipment's quantity again", rows == [(1,)], str(rows))
+            left = [(f["kind"], f["key"]) for f in _reconcile(database_url).get("findings", [])]
+            story.check("a second reconcile finds nothing but DE-9's dead letter (stuck: fix the source row)", left == [("stuck", "DE-9")], str(left))
         finally:
             await system.stop()
 
-    story.say("4. why did warehouse release not happen for order DE-9?  →  tidings trace order:DE-9")
+    story.say("5. why did warehouse release not happen for order DE-9?  →  tidings trace order:DE-9")
     output = _trace(database_url, "order:DE-9")
     story.say("\n".join("     " + line for line in output.splitlines()))
     story.check("the trace shows the legacy change and the ACL's dead letter with its reason",
@@ -190,6 +203,21 @@ def _trace(database_url: str, key: str) -> str:
         capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
     )  # fmt: skip
     return result.stdout + result.stderr
+
+
+def _reconcile(database_url: str, *extra: str) -> dict[str, Any]:
+    """``tidings reconcile --app examples.fulfilment.reconciling:reconciler --json`` as an operator runs it."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings.cli", "reconcile", "--database", database_url, "--app",
+         "examples.fulfilment.reconciling:reconciler", "--grace", "0", "--json", *extra],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    try:
+        return dict(json.loads(result.stdout))
+    except ValueError:
+        return {"error": result.stdout[-800:] + result.stderr[-800:]}
 
 
 async def _has(system: Fulfilment, orders: set[str]) -> bool:
