@@ -222,7 +222,7 @@ class DeliveryCheck:
                 f"AND NOT EXISTS (SELECT 1 FROM tidings_inbox i WHERE i.consumer = ? AND i.event_id = {event_id}) "
                 f"AND NOT EXISTS (SELECT 1 FROM tidings_dead_letters d WHERE d.consumer = ? AND d.event_id = {event_id}) "
                 "ORDER BY o.id",
-                (*topics, cutoff if store.dialect == "postgresql" else cutoff.isoformat(), consumer, consumer),
+                (*topics, cutoff, consumer, consumer),
             )
             for row_id, key, event, event_type, corr in rows:
                 findings.append(Finding(
