@@ -216,6 +216,20 @@ def test_reconcile_finds_and_repairs_every_injected_discrepancy_and_applies_noth
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_cdc_killed_at_random_points_and_a_database_crash_lose_double_and_reorder_nothing() -> None:
+    # Given the fault harness: tidings cdc run as a process, SIGKILLed at random points, and an immediate database restart
+    if not (PG_BIN / "initdb").exists():
+        unavailable(f"PostgreSQL's initdb is not installed at {PG_BIN}")
+    argv = [sys.executable, "-m", "faults", "crash-cdc", "--json", "--orders", "40", "--rounds", "4", "--seed", "3"]
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.stdout.strip(), result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    # Then per business key every committed release is one event, in release order, and the faults fired
+    assert (figures["lost"], figures["phantom"], figures["duplicate_effects"], figures["order_violations"]) == (0, 0, 0, 0), figures
+    assert figures["kills"] >= 2 and figures["db_restarts"] == 1 and figures["events"] == figures["releases_committed"], figures
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 async def test_reconcile_repairs_are_audited_with_their_command_line_and_not_repeated_within_the_cooldown(database: str) -> None:
     async with Fulfilment(database) as system:
         await system.switch("DE", "legacy")

@@ -22,7 +22,7 @@ from examples.fulfilment.contracts import ORDER_ACCEPTED_TOPIC, TENANT, OrderAcc
 from examples.fulfilment.cutover import ROUTING_TABLE, publishes
 from tidings.cdc import ChangeCapture, Drop, Publish, RowChange, UnreadableRow
 
-__all__ = ["LEGACY_TABLE", "LegacyAcl"]
+__all__ = ["LEGACY_TABLE", "LegacyAcl", "capture"]
 
 LEGACY_TABLE = "oms_orders"
 _CHANNELS = {"W": "web", "S": "store", "T": "phone"}
@@ -108,3 +108,12 @@ def _utc(local: object) -> str:
     except ValueError:
         raise UnreadableRow("upd_local", f"not a timestamp: {local!r}") from None
     return moment.astimezone(ZoneInfo("UTC")).isoformat()
+
+
+def capture() -> ChangeCapture:
+    """The ACL for ``tidings cdc run --app examples.fulfilment.legacy.acl:capture`` (no routing rows: every market is legacy).
+
+    A process started this way reads only routing changes that commit after it starts; the demo's
+    platform loads the table first (:meth:`LegacyAcl.load`).
+    """
+    return LegacyAcl().capture
