@@ -17,7 +17,10 @@ ORDER_ACCEPTED_TOPIC = "ordering.order-accepted-for-fulfillment"
 TENANT = "acme-retail"
 
 
-class OrderAcceptedForFulfillment(IntegrationEvent, name="ordering.OrderAcceptedForFulfillment", version=1):
+class OrderAcceptedForFulfillment(
+    IntegrationEvent, name="ordering.OrderAcceptedForFulfillment", version=1,
+    topic=ORDER_ACCEPTED_TOPIC, key="order_id", importance="critical",
+):  # fmt: skip
     """An order was accepted and may be fulfilled: Shipping opens exactly one shipment for it."""
 
     order_id: str
