@@ -170,8 +170,7 @@ async def test_a_switch_applies_exactly_between_the_legacy_orders_committed_befo
         await system.start()
         try:
             assert await system.settle(lambda: _awaiting_all(system, {"X1"}))
-            while await system.cdc.run_once():
-                pass
+            assert await system.settle(await system.caught_up())
             # Then X1, committed before the switch, came from the legacy OMS; X2, after it, did not
             assert await publications(system, "X1") == ["legacy"]
             assert await publications(system, "X2") == []

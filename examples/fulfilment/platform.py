@@ -129,6 +129,25 @@ class Fulfilment:
         async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
             await switch(conn, market, producer)
 
+    async def caught_up(self) -> Callable[[], Awaitable[bool]]:
+        """A condition for :meth:`settle`: CDC has read (and committed) everything the source committed until now.
+
+        The slot only moves after the outbox commit, and an idle runner moves it to the WAL position
+        it read before an empty peek, so ``confirmed_flush_lsn`` reaching today's position means
+        nothing committed before this call is still waiting to be captured.
+        """
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+            target = (await (await conn.execute("SELECT pg_current_wal_lsn()")).fetchone())[0]  # type: ignore[index]
+
+        async def condition() -> bool:
+            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                row = await (await conn.execute(
+                    "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s", (target, SLOT)
+                )).fetchone()  # fmt: skip
+            return bool(row and row[0])
+
+        return condition
+
     async def settle(self, condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> bool:
         """Wait until ``await condition()`` holds (False after ``timeout`` s), raising if a part crashed."""
         loop = asyncio.get_running_loop()

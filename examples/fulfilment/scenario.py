@@ -151,7 +151,7 @@ async def run_story(database_url: str, broker_url: str = "local:", story: Story 
             await shop.order("AT-4", "AT")
             await shop.order("DE-4", "DE")
             await system.settle(lambda: _has(system, {"AT-4", "DE-4"}))
-            await system.settle(lambda: _cdc_caught_up(system))
+            await system.settle(await system.caught_up())
             story.check("under 'ordering', AT-4 was published by the new Ordering context only", await publications(system, "AT-4") == ["ordering"],
                         str(await publications(system, "AT-4")))  # fmt: skip
             story.check("DE-3 and DE-4 still came from the legacy OMS", [await publications(system, o) for o in ("DE-3", "DE-4")] == [["legacy"], ["legacy"]])
@@ -160,7 +160,7 @@ async def run_story(database_url: str, broker_url: str = "local:", story: Story 
             await shop.order("DE-9", "DE", amount="zwölf Euro")
             await shop.order("DE-10", "DE")
             await system.settle(lambda: _has(system, {"DE-10"}))
-            await system.settle(lambda: _cdc_caught_up(system))
+            await system.settle(await system.caught_up())
             dead = await system.store.fetch(
                 "SELECT partition_key, reason, error FROM tidings_dead_letters WHERE consumer = ? ORDER BY id", (f"cdc:{SLOT}",)
             )
@@ -231,11 +231,6 @@ async def _published(system: Fulfilment, order_id: str, n: int) -> bool:
 async def _duplicates(system: Fulfilment, order_id: str, n: int) -> bool:
     rows = await system.store.fetch(f"SELECT count(*) FROM {DUPLICATES} WHERE order_id = ?", (order_id,))
     return int(rows[0][0]) == n
-
-
-async def _cdc_caught_up(system: Fulfilment) -> bool:
-    status = await system.cdc.reader.status()
-    return status.lag_bytes is not None and status.lag_bytes == 0 or (await system.cdc.run_once()) == 0 and system.cdc._idle
 
 
 async def _with_private_cluster(broker_url: str, story: Story) -> Story:
