@@ -6,6 +6,9 @@ then started), db-restart (a private PostgreSQL cluster restarted fast or immedi
 (deliveries shuffled across keys and some delivered twice), poison (bad messages at the broker, bad
 commands through the API), fuzz (garbage straight onto every broker — local, NATS, RabbitMQ, Redis,
 Kafka-compatible — between good messages, on SQLite and PostgreSQL; see faults/fuzz.py).
+``reconcile`` (its own options: faults/reconcile.py) injects each kind of
+discrepancy into the fulfilment flow and checks that ``tidings reconcile`` finds and repairs it;
+``crash-cdc`` (faults/crash_cdc.py) kills the CDC process with SIGKILL and restarts the database.
 
 The exit status is 1 when an invariant broke, and also when the run tested nothing: no command
 committed, no fault fired, or a commit nobody sent (``unintended``).
@@ -24,6 +27,15 @@ from faults.plan import SCENARIOS, make_plan
 
 def main(argv: list[str] | None = None) -> int:
     """Run the scenario the arguments name; exit 0 when every invariant held, 1 otherwise."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reconcile"]:
+        from faults.reconcile import main as reconcile
+
+        return reconcile(argv[1:])
+    if argv[:1] == ["crash-cdc"]:
+        from faults.crash_cdc import main as crash_cdc
+
+        return crash_cdc(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m faults", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--seed", type=int, default=1, help="seeds the fault plan: the same seed, the same plan")

@@ -82,10 +82,13 @@ class CdcCheckpoint:
 class ChangeCapture:
     """The anti-corruption layer of one legacy source: ``@capture.translator("legacy_orders")`` per table."""
 
-    def __init__(self, source: str, *, tenant: str | None = None) -> None:
+    def __init__(self, source: str, *, tenant: str | None = None, correlation: Callable[[RowChange], str] | None = None) -> None:
         #: The ``source`` written in every envelope (the bounded context the events speak for).
         self.source = source
         self.tenant = tenant
+        #: The correlation id of a change's events and dead letters, e.g. ``lambda c: f"order:{c.key}"`` so
+        #: ``tidings trace order:o1`` finds the flow whichever system produced it; default: one per row.
+        self.correlation = correlation or _row_correlation
         self.translators: dict[str, Translator] = {}
 
     def translator(self, table: str) -> Callable[[Translator], Translator]:
@@ -212,8 +215,8 @@ class CdcRunner:
                         key=publish.key or partition_key_of(event) or change.key,
                         source=self.capture.source,
                         context=MessageContext(
-                            correlation_id=str(uuid.uuid5(CDC_NAMESPACE, f"{change.table}|{change.key}")),
-                            causation_id=f"cdc:{change.table}:{change.key}@{change.commit_lsn:X}",
+                            correlation_id=self.capture.correlation(change),
+                            causation_id=_causation(change),
                             tenant=context.tenant,
                         ),
                         now=change.commit_time,
@@ -247,6 +250,11 @@ class CdcRunner:
                     f"cdc:{slot}", change.table, change.key, 0, change_event_id(change, 0), f"cdc.{change.operation}",
                     json.dumps({"table": change.table, "operation": change.operation, "xid": change.xid,
                                 "commit_lsn": f"{change.commit_lsn:X}", "index": change.index}),
+                    # An envelope of the change, so ``tidings trace`` finds the dead letter by its correlation id.
+                    json.dumps({"event_id": change_event_id(change, 0), "event_type": f"cdc.{change.operation}",
+                                "source": self.capture.source, "correlation_id": self.capture.correlation(change),
+                                "causation_id": _causation(change), "tenant": self.capture.tenant,
+                                "occurred_at": change.commit_time.isoformat()}),
                     json.dumps({"old": _plain(change.old), "new": _plain(change.new)}).encode(),
                     reason, error, trace,
                 ))  # fmt: skip
@@ -259,13 +267,22 @@ def change_event_id(change: RowChange, n: int) -> str:
     return str(uuid.uuid5(CDC_NAMESPACE, f"{change.table}|{change.key}|{change.commit_lsn}|{change.index}|{n}"))
 
 
+def _row_correlation(change: RowChange) -> str:
+    return str(uuid.uuid5(CDC_NAMESPACE, f"{change.table}|{change.key}"))
+
+
+def _causation(change: RowChange) -> str:
+    """The cause named in a captured change's envelopes: the legacy row change itself (table, key, commit LSN)."""
+    return f"cdc:{change.table}:{change.key}@{change.commit_lsn:X}"
+
+
 def _plain(row: Any) -> Any:
     return None if row is None else {k: (v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in row.items()}
 
 
 _DEAD_LETTER = (
-    "INSERT INTO tidings_dead_letters (consumer, topic, partition_key, partition, event_id, event_type, headers, payload, "
-    "reason, error, traceback, attempts, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'dead')"
+    "INSERT INTO tidings_dead_letters (consumer, topic, partition_key, partition, event_id, event_type, headers, envelope, "
+    "payload, reason, error, traceback, attempts, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'dead')"
 )
 _UPSERT = (
     "INSERT INTO tidings_cdc_checkpoints (slot, lsn, commit_time, translated, dropped, dead_lettered) VALUES (?, ?, ?, ?, ?, ?) "

@@ -192,3 +192,4 @@ from tidings.cli import cdc as _cdc  # noqa: E402,F401  (registers `tidings cdc 
 from tidings.cli.trace import trace as _trace  # noqa: E402  (tidings trace CORRELATION_ID)
 app.command("trace")(_trace)
 from tidings.cli import contracts as _contracts  # noqa: E402,F401  (registers `tidings contracts export | lock | check | docs`)
+from tidings.cli import reconcile as _reconcile  # noqa: E402,F401  (registers `tidings reconcile`)

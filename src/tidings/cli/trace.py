@@ -167,7 +167,10 @@ async def collect_trace(store: Store, correlation_id: str) -> Trace:
         dead[(consumer, event_id)] = handling
         node = trace.nodes.get(event_id)
         if node is None:
-            trace.orphans.append((event_id, event_type or "?", handling))
+            cause = str(envelope.get("causation_id") or "")
+            # A change captured from a legacy table that its translator could not read: name the row change.
+            label = f"legacy change {cause[4:]} ({event_type})" if cause.startswith("cdc:") else (event_type or "?")
+            trace.orphans.append((event_id, label, handling))
         else:
             node.handlings.append(handling)
 
@@ -210,7 +213,11 @@ def trace_tree(trace: Trace) -> Tree:
         first = nodes[0]
         origin = f"{first.source}" if first.source else "outside"
         name = f" {trace.commands[cause]}" if cause in trace.commands else ""
-        branch = tree.add(f"[bold yellow]command{name}[/bold yellow] …{cause[-8:]} [dim]({origin})[/dim]")
+        if cause.startswith("cdc:"):
+            # Captured from a legacy table: the cause is the row change (cdc:table:key@commit LSN).
+            branch = tree.add(f"[bold yellow]legacy change[/bold yellow] {cause[4:]} [dim](captured by CDC for {origin})[/dim]")
+        else:
+            branch = tree.add(f"[bold yellow]command{name}[/bold yellow] …{cause[-8:]} [dim]({origin})[/dim]")
         for node in nodes:
             _grow(branch, node)
     for event_id, event_type, handling in trace.orphans:

@@ -1,0 +1,1 @@
+"""Shipping: built once against ``OrderAcceptedForFulfillment``; one shipment per order, whichever system published it."""
