@@ -26,6 +26,7 @@ from tidings.domain.errors import TidingsError
 from tidings.messaging.contracts import IntegrationEvent, partition_key_of, topic_of
 from tidings.messaging.envelope import MessageContext
 from tidings.store.base import Store
+from tidings.store.errors import is_transient
 from tidings.store.records import Changes, OutboxEntry
 
 __all__ = ["CdcCheckpoint", "CdcRunner", "ChangeCapture", "Drop", "Publish", "UnreadableRow"]
@@ -183,10 +184,31 @@ class CdcRunner:
         """Capture until ``stop`` is set: read, commit, advance; wait ``poll_interval`` when the slot is empty."""
         stop = stop or asyncio.Event()
         log.info("cdc %s: capturing %s", self.reader.slot, ", ".join(self.capture.tables))
+        failures = 0
         while not stop.is_set():
-            if await self.run_once() == 0:
+            try:
+                captured = await self.run_once()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # The source or the store went away (a restart, the network): say it once, start over
+                # from the committed checkpoint on a new connection, with backoff. Nothing is lost: the
+                # slot never moved past what was committed.
+                failures += 1
+                if failures == 1:
+                    log.warning("cdc %s: database unavailable (%s: %s); retrying", self.reader.slot, type(exc).__name__, exc)
+                await self.reader.close()
+                self._done, self._idle = None, True
+                captured = 0
+                wait = min(5.0, 0.2 * 2 ** min(failures, 5))
+            else:
+                if failures:
+                    log.info("cdc %s: recovered after %d failed attempt(s)", self.reader.slot, failures)
+                failures = 0
+                wait = self.poll_interval
+            if captured == 0:
                 try:
-                    await asyncio.wait_for(stop.wait(), self.poll_interval)
+                    await asyncio.wait_for(stop.wait(), wait)
                 except TimeoutError:
                     pass
 
