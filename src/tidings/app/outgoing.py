@@ -18,6 +18,7 @@ from tidings.messaging.contracts import warn_if_deprecated
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MessageTooLarge
 from tidings.messaging.ids import new_id
+from tidings.messaging.personal import PersonalDataError, personal_fields
 from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
 from tidings.messaging.registry import MessageRegistry
 from tidings.store.records import OutboxEntry
@@ -61,6 +62,12 @@ def outbox_entry(
     if getattr(type(message), "contract_deprecated_after", None) is not None:
         warn_if_deprecated(type(message))
     message = _validator.validate(message)  # converted to its field types; a command's own validate() rules ran
+    if personal_fields(type(message)):
+        # Sealing needs the subjects' keys from the store (async); refusing beats writing plaintext.
+        raise PersonalDataError(
+            f"{message.message_name} has personal fields, which a saga or scheduler cannot seal yet; "
+            "send an id instead and let a command handler (whose unit of work seals them) add the personal data"
+        )
     payload = MessageRegistry.encode(message)
     if len(payload) > max_message_bytes:
         raise MessageTooLarge(message.message_name, len(payload), max_message_bytes)
