@@ -266,8 +266,8 @@ class SubjectKeys:
         plain = dict(data)
         for field in fields:
             value = plain.get(field.name)
-            if value is None:
-                continue  # nothing personal in an absent value
+            if value is None or value == "":
+                continue  # nothing personal in an absent or empty value
             subject = subject_of(plain, field, what)
             key_id, cipher = self._by_subject[subject]
             nonce = secrets.token_bytes(_NONCE)
@@ -362,7 +362,7 @@ def subjects_of(obj: Any, what: str) -> list[str]:
     if data is None:
         data = {f: getattr(obj, f) for f in {x.name for x in fields} | {x.subject for x in fields}}
     plain = msgspec.to_builtins(data)
-    return [subject_of(plain, f, what) for f in fields if plain.get(f.name) is not None]
+    return [subject_of(plain, f, what) for f in fields if plain.get(f.name) not in (None, "")]
 
 
 def _aad(key_id: str, field: str) -> bytes:
