@@ -269,6 +269,10 @@ class SubjectKeys:
             if value is None or value == "":
                 continue  # nothing personal in an absent or empty value
             subject = subject_of(plain, field, what)
+            if subject not in self._by_subject:
+                raise PersonalDataError(
+                    f"{what}: the key of the subject in {field.subject!r} was not fetched; await prepare_subjects first"
+                )
             key_id, cipher = self._by_subject[subject]
             nonce = secrets.token_bytes(_NONCE)
             sealed = cipher.encrypt(nonce, _encoder.encode(value), _aad(key_id, field.name))
