@@ -44,7 +44,8 @@ from examples.licensing.compliance.infrastructure.wiring import build
 from examples.licensing.contracts import LicensePurchaseConfirmed, LicensePurchaseConfirmedV1, UsageViolationDetected
 from examples.licensing.kernel import ContextParts, Settings
 from tidings.app.outgoing import outbox_entry
-from tidings.messaging.personal import SubjectKeys, subjects_of
+from tidings.messaging.personal import subjects_of
+from tidings.store.subject_keys import SubjectKeys
 from tidings.brokers import Broker, open_broker
 from tidings.domain import AggregateNotFound, Command, ConcurrencyError, DomainError, ValidationError
 from tidings.messaging import MessageContext, new_id

@@ -49,7 +49,8 @@ from examples.licensing.licensing.infrastructure.usage_by_day import DayUsage
 from examples.licensing.licensing.infrastructure.wiring import build
 from tidings.app import outgoing
 from tidings.domain.personal import DEFAULT_MASK
-from tidings.messaging.personal import SubjectKeys, forget_subject, subjects_of
+from tidings.messaging.personal import subjects_of
+from tidings.store.subject_keys import SubjectKeys, forget_subject
 from tidings.brokers.base import OutgoingMessage
 from tidings.brokers.headers import envelope_to_headers
 from tidings.brokers.local import LocalBroker

@@ -21,10 +21,11 @@ from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MessageTooLarge
 from tidings.messaging.ids import new_id
-from tidings.messaging.personal import SubjectKeys, personal_fields, subjects_of
+from tidings.messaging.personal import personal_fields, subjects_of
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.store.base import Store
 from tidings.store.records import Changes, JournalEntry, OutboxEntry, SnapshotRow, StateRow, StreamWrite
+from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["Application", "CommandResult", "UnknownCommand", "DEFAULT_MAX_MESSAGE_BYTES"]
 

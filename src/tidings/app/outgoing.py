@@ -18,7 +18,7 @@ from tidings.messaging.contracts import warn_if_deprecated
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MessageTooLarge
 from tidings.messaging.ids import new_id
-from tidings.messaging.personal import PersonalDataError, SubjectKeys, personal_fields
+from tidings.messaging.personal import KeyRing, PersonalDataError, personal_fields
 from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
 from tidings.messaging.registry import MessageRegistry
 from tidings.store.records import OutboxEntry
@@ -52,7 +52,7 @@ def outbox_entry(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     now: datetime | None = None,
     event_id: str | None = None,
-    keys: SubjectKeys | None = None,
+    keys: KeyRing | None = None,
 ) -> tuple[Envelope, OutboxEntry]:
     """The envelope and outbox row that publish ``message`` on ``topic`` in partition-key order of ``key``.
 

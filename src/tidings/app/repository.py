@@ -6,10 +6,11 @@ from typing import TypeVar
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.errors import WrongTenant
-from tidings.messaging.personal import SubjectKeys, is_sealed
+from tidings.messaging.personal import is_sealed
 from tidings.messaging.registry import MessageRegistry
 from tidings.messaging.state import StateCodec
 from tidings.store.base import Store
+from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["Repository", "stream_id_of"]
 

@@ -13,7 +13,7 @@ from tidings.messaging.envelope import Envelope
 
 if TYPE_CHECKING:
     from tidings.app.application import Application
-    from tidings.messaging.personal import SubjectKeys
+    from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["UnitOfWork", "PendingPublication"]
 

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from tidings.cli import DatabaseOption, _with_store, console
-from tidings.messaging.personal import MASTER_KEY_ENV, MasterKey, PersonalDataError, forget_subject
+from tidings.messaging.personal import MASTER_KEY_ENV, MasterKey, PersonalDataError
+from tidings.store.subject_keys import forget_subject
 from tidings.store import Store
 
 __all__ = ["subjects_app"]

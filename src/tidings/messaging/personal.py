@@ -12,7 +12,7 @@ How it fits together (docs/decisions/0019):
   gone, *before* upcasting and the typed decode: upcasters, handlers and projections only ever see
   plaintext or the mask. A token whose key exists but whose ciphertext does not authenticate is
   an error (tampering or corruption), never garbage and never the mask.
-- :class:`SubjectKeys` is the key ring of one unit of work (a command, a consumer's batch, a
+- ``SubjectKeys`` (tidings.store.subject_keys) is the key ring of one unit of work (a command, a consumer's batch, a
   projection's batch): it fetches the keys a batch needs in one query and caches them for the
   unit, and no longer — so a subject forgotten elsewhere is forgotten here by the next unit.
 """
@@ -37,8 +37,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tidings.domain.personal import DEFAULT_MASK, Personal
 from tidings.messaging.errors import MessageError
-from tidings.store.base import Store
-from tidings.store.subject_keys import WrappedKey, delete_subject, insert_keys, keys_by_digest, keys_by_id
 
 __all__ = [
     "MASTER_KEY_ENV",
@@ -46,10 +44,10 @@ __all__ = [
     "MasterKeyMissing",
     "PersonalDataError",
     "PersonalField",
-    "SubjectKeys",
+    "KeyRing",
+    "WrappedKey",
     "TamperedPersonalData",
     "WrongMasterKey",
-    "forget_subject",
     "is_sealed",
     "personal_fields",
 ]
@@ -91,6 +89,16 @@ class TamperedPersonalData(PersonalDataError):
             f"personal field {field!r} of {what} cannot be opened: {reason} — the stored ciphertext was altered "
             "or corrupted (its subject is not forgotten: the key exists); restore it from a backup or forget the subject"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """One subject's data key as stored: wrapped by the master key whose id is ``master_key_id``."""
+
+    key_id: str
+    subject_digest: str
+    master_key_id: str
+    wrapped_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,17 +218,10 @@ def master_key(what: str) -> MasterKey:
     return _master[1]
 
 
-async def forget_subject(store: Store, subject: str, master: MasterKey | None = None) -> bool:
-    """Delete the data key of ``subject``: its personal data reads as the mask from now on. False if it had none."""
-    master = master or master_key("forgetting a subject")
-    return await delete_subject(store, master.digest(subject)) > 0
+class KeyRing:
+    """Subject keys in memory, and sealing and opening with them; the store's SubjectKeys fills it."""
 
-
-class SubjectKeys:
-    """The subject keys of one unit of work: fetched in one query per batch, cached for the unit only."""
-
-    def __init__(self, store: Store, master: MasterKey | None = None) -> None:
-        self.store = store
+    def __init__(self, master: MasterKey | None = None) -> None:
         self._master = master
         self._by_subject: dict[str, tuple[str, AESGCM]] = {}
         #: key id → its cipher, or None once the subject is forgotten (the row is gone).
@@ -232,32 +233,33 @@ class SubjectKeys:
             self._master = master_key(what)
         return self._master
 
-    # -- writing -------------------------------------------------------------------------------
-
-    async def prepare_subjects(self, subjects: Iterable[str], what: str) -> None:
-        """Have a key for each subject: one query for those not cached, and an insert for new subjects."""
-        missing = {s for s in subjects if s not in self._by_subject}
-        if not missing:
-            return
-        master = self.master(what)
-        digests = {master.digest(subject): subject for subject in missing}
-        found = await keys_by_digest(self.store, list(digests))
-        self._remember(master, found, digests)
-        new = [digest for digest, subject in digests.items() if subject not in self._by_subject]
-        if new:
-            fresh = []
-            for digest in new:
-                key_id = secrets.token_urlsafe(12)
-                fresh.append(WrappedKey(key_id, digest, master.id, master.wrap(key_id, AESGCM.generate_key(256))))
-            await insert_keys(self.store, fresh)
-            # Read back: a racing writer may have stored its own key for the subject first.
-            self._remember(master, await keys_by_digest(self.store, new), digests)
-
-    def _remember(self, master: MasterKey, rows: list[WrappedKey], digests: dict[str, str]) -> None:
+    def remember(self, master: MasterKey, rows: Iterable[WrappedKey], subjects: dict[str, str] | None = None) -> None:
+        """Cache the keys of stored rows (``subjects``: digest → subject id, for rows found by subject)."""
         for row in rows:
             cipher = AESGCM(master.unwrap(row))
             self._by_id[row.key_id] = cipher
-            self._by_subject[digests[row.subject_digest]] = (row.key_id, cipher)
+            if subjects is not None:
+                self._by_subject[subjects[row.subject_digest]] = (row.key_id, cipher)
+
+    def missing_subjects(self, subjects: Iterable[str]) -> set[str]:
+        """The subjects among ``subjects`` whose keys are not cached yet."""
+        return {s for s in subjects if s not in self._by_subject}
+
+    def missing_key_ids(self, payloads: Iterable[bytes | str]) -> set[str]:
+        """The key ids that sealed fields of ``payloads`` refer to and that are not cached yet."""
+        wanted: set[str] = set()
+        for payload in payloads:
+            data = payload.encode() if isinstance(payload, str) else payload
+            if _SEALED in data:
+                wanted.update(m.decode() for m in _KEY_ID.findall(data))
+        return wanted - self._by_id.keys()
+
+    def forgotten(self, key_ids: Iterable[str]) -> None:
+        """Mark key ids whose rows are gone: their fields read as masks."""
+        for key_id in key_ids:
+            self._by_id.setdefault(key_id, None)
+
+    # -- sealing and opening ---------------------------------------------------------------------
 
     def seal(self, obj: Any, what: str) -> bytes:
         """The JSON of a message or aggregate-state dict with its personal fields sealed (subjects prepared first)."""
@@ -278,24 +280,6 @@ class SubjectKeys:
             sealed = cipher.encrypt(nonce, _encoder.encode(value), _aad(key_id, field.name))
             data[field.name] = TOKEN_PREFIX + key_id + ":" + base64.urlsafe_b64encode(nonce + sealed).decode()
         return _encoder.encode(data)
-
-    # -- reading -------------------------------------------------------------------------------
-
-    async def prepare_payloads(self, payloads: Iterable[bytes | str], what: str = "reading personal data") -> None:
-        """Fetch, in one query, the keys that the sealed fields of ``payloads`` refer to."""
-        wanted: set[str] = set()
-        for payload in payloads:
-            data = payload.encode() if isinstance(payload, str) else payload
-            if _SEALED in data:
-                wanted.update(m.decode() for m in _KEY_ID.findall(data))
-        wanted -= self._by_id.keys()
-        if not wanted:
-            return
-        master = self.master(what)
-        for row in await keys_by_id(self.store, sorted(wanted)):
-            self._by_id[row.key_id] = AESGCM(master.unwrap(row))
-        for key_id in wanted:
-            self._by_id.setdefault(key_id, None)  # forgotten: reads as the mask
 
     def open(self, payload: bytes | str, cls: type | None, what: str) -> bytes | str:
         """``payload`` with every sealed top-level field replaced by its plaintext, or its mask if forgotten."""
@@ -318,7 +302,7 @@ class SubjectKeys:
         if key_id not in self._by_id:
             raise PersonalDataError(
                 f"{what} was read without fetching its subject keys first (field {name!r}); "
-                "call SubjectKeys.prepare_payloads on the batch before opening it"
+                "call prepare_payloads of the batch's SubjectKeys before opening it"
             )
         cipher = self._by_id[key_id]
         if cipher is None:

@@ -20,7 +20,7 @@ from tidings.messaging.errors import IncompatibleVersion, MalformedMessage, Unkn
 from tidings.messaging.personal import PersonalDataError, is_sealed
 
 if TYPE_CHECKING:
-    from tidings.messaging.personal import SubjectKeys
+    from tidings.messaging.personal import KeyRing
 
 __all__ = ["MessageRegistry", "Upcaster", "registry_of"]
 
@@ -132,7 +132,7 @@ class MessageRegistry:
         """The message's payload as compact JSON bytes (no envelope)."""
         return _encoder.encode(message)
 
-    def decode(self, name: str, version: int, data: bytes | str, keys: SubjectKeys | None = None) -> Message:
+    def decode(self, name: str, version: int, data: bytes | str, keys: KeyRing | None = None) -> Message:
         """Read a payload stored as ``name`` v``version`` into the current class, upcasting on the way.
 
         Sealed personal fields are opened with ``keys`` (prepared for this payload) first, so

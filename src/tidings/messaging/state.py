@@ -14,7 +14,7 @@ from tidings.messaging.personal import PersonalDataError, is_sealed
 from tidings.messaging.registry import _field_of, _reason_of
 
 if TYPE_CHECKING:
-    from tidings.messaging.personal import SubjectKeys
+    from tidings.messaging.personal import KeyRing
 
 __all__ = ["StateCodec"]
 
@@ -61,7 +61,7 @@ class StateCodec:
             raise ValidationError(str(exc) + hint, message_type=self._name) from None
         return data
 
-    def decode(self, data: bytes | str, keys: SubjectKeys | None = None) -> dict[str, Any]:
+    def decode(self, data: bytes | str, keys: KeyRing | None = None) -> dict[str, Any]:
         """A state dict with each field of its declared type; sealed personal fields opened with ``keys``."""
         if is_sealed(data):
             what = f"the state of {self.aggregate_class.aggregate_type}"

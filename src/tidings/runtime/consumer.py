@@ -73,7 +73,7 @@ from tidings.messaging.contracts import topic_of
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooLarge, UnknownMessageType
 from tidings.messaging.ids import new_id
-from tidings.messaging.personal import PersonalDataError, SubjectKeys, is_sealed
+from tidings.messaging.personal import PersonalDataError, is_sealed
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter, importance_of
@@ -88,6 +88,7 @@ from tidings.runtime.shards import ShardOwnership, shard_of, shard_ownership
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, classify, is_transient, is_unavailable
 from tidings.store.names import component_name
+from tidings.store.subject_keys import SubjectKeys
 
 if TYPE_CHECKING:
     from tidings.app.application import Application, CommandResult

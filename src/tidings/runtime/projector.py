@@ -27,13 +27,14 @@ import msgspec
 from tidings.domain.errors import TidingsError
 from tidings.messaging.envelope import Envelope, utc_now
 from tidings.messaging.ids import new_id
-from tidings.messaging.personal import SubjectKeys, is_sealed
+from tidings.messaging.personal import is_sealed
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.journal_reader import JournalBatch, JournalReader, JournalRow, first_after, journal_head
 from tidings.runtime.projection import REBUILD_SUFFIX, Projection, Target, _current, _Handler, _Session
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, is_permanent, is_transient
 from tidings.store.names import quoted
+from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["Projector", "ProjectionFailed", "ProjectionStatus", "RebuildProgress", "RebuildResult"]
 

@@ -1,27 +1,63 @@
-"""The table of data subjects' wrapped keys: found by key id (to read) or subject digest (to write), deleted to forget.
+"""Data subjects' keys in the store: the key ring of one unit of work, and forgetting a subject.
 
-The statements are plain ``?``-placeholder SQL that both dialects accept, so they run through the
-store's ``fetch``/``run`` on whatever connection or transaction the caller holds.
+Keys are found by key id (to read) or subject digest (to write) and deleted to forget. The
+statements are plain ``?``-placeholder SQL that both dialects accept, so they run through the
+store's ``fetch``/``run`` on whatever connection or transaction the caller holds (docs/decisions/0019).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import secrets
+from collections.abc import Iterable, Sequence
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tidings.messaging.personal import KeyRing, MasterKey, WrappedKey, master_key
 from tidings.store.base import Store
 
-__all__ = ["WrappedKey", "keys_by_id", "keys_by_digest", "insert_keys", "delete_subject"]
+__all__ = ["SubjectKeys", "forget_subject", "keys_by_id", "keys_by_digest", "insert_keys", "delete_subject"]
 
 
-@dataclass(frozen=True, slots=True)
-class WrappedKey:
-    """One subject's data key as stored: wrapped by the master key whose id is ``master_key_id``."""
+class SubjectKeys(KeyRing):
+    """The subject keys of one unit of work: fetched in one query per batch, cached for the unit only."""
 
-    key_id: str
-    subject_digest: str
-    master_key_id: str
-    wrapped_key: bytes
+    def __init__(self, store: Store, master: MasterKey | None = None) -> None:
+        super().__init__(master)
+        self.store = store
+
+    async def prepare_subjects(self, subjects: Iterable[str], what: str) -> None:
+        """Have a key for each subject: one query for those not cached, and an insert for new subjects."""
+        missing = self.missing_subjects(subjects)
+        if not missing:
+            return
+        master = self.master(what)
+        digests = {master.digest(subject): subject for subject in missing}
+        self.remember(master, await keys_by_digest(self.store, list(digests)), digests)
+        unknown = self.missing_subjects(missing)
+        new = [digest for digest, subject in digests.items() if subject in unknown]
+        if new:
+            fresh = []
+            for digest in new:
+                key_id = secrets.token_urlsafe(12)
+                fresh.append(WrappedKey(key_id, digest, master.id, master.wrap(key_id, AESGCM.generate_key(256))))
+            await insert_keys(self.store, fresh)
+            # Read back: a racing writer may have stored its own key for the subject first.
+            self.remember(master, await keys_by_digest(self.store, new), digests)
+
+    async def prepare_payloads(self, payloads: Iterable[bytes | str], what: str = "reading personal data") -> None:
+        """Fetch, in one query, the keys that the sealed fields of ``payloads`` refer to."""
+        wanted = self.missing_key_ids(payloads)
+        if not wanted:
+            return
+        master = self.master(what)
+        self.remember(master, await keys_by_id(self.store, sorted(wanted)))
+        self.forgotten(wanted)  # the ones not found: their subjects were forgotten
+
+
+async def forget_subject(store: Store, subject: str, master: MasterKey | None = None) -> bool:
+    """Delete the data key of ``subject``: its personal data reads as the mask from now on. False if it had none."""
+    master = master or master_key("forgetting a subject")
+    return await delete_subject(store, master.digest(subject)) > 0
 
 
 _COLUMNS = "key_id, subject_digest, master_key_id, wrapped_key"

@@ -24,7 +24,7 @@ from tidings.app.application import Application, CommandResult
 from tidings.domain.messages import Command, DomainEvent, Message
 from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope, MessageContext
-from tidings.messaging.personal import SubjectKeys
+from tidings.store.subject_keys import SubjectKeys
 from tidings.messaging.registry import MessageRegistry
 from tidings.store import open_store
 from tidings.store.base import Store
