@@ -281,6 +281,7 @@ async def test_after_forget_every_read_sees_the_mask(store: Store) -> None:
     assert MASK in dead.error  # the handler saw (and quoted) the mask
     shown = await asyncio.to_thread(CliRunner().invoke, cli, ["dlq", "show", str(dead.id), "-d", _url(store)], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
+    assert f'"name": "{MASK}"' in shown.output  # the dead letter's payload, opened: the mask
     # ...and the trace of the story shows it without an error
     tree = trace_tree(await collect_trace(store, result.correlation_id))
     text = _render(tree)
