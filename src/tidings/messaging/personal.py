@@ -57,6 +57,7 @@ MASTER_KEY_ENV = "TIDINGS_MASTER_KEY"
 
 TOKEN_PREFIX = "tidings:pd1:"
 _SEALED = b'"' + TOKEN_PREFIX.encode()
+_KEY_ID_LENGTH = 16  # secrets.token_urlsafe(12)
 _KEY_ID = re.compile(rb'"tidings:pd1:([A-Za-z0-9_-]{16}):')
 _NONCE = 12
 _encoder = msgspec.json.Encoder()
@@ -291,10 +292,21 @@ class KeyRing:
             return payload  # not JSON: the caller's decode reports it as it would without sealing
         if not isinstance(data, dict):
             return payload
-        masks = {f.name: f.mask for f in personal_fields(cls)} if cls is not None else {}
+        fields = personal_fields(cls) if cls is not None else ()
+        masks = {f.name: f.mask for f in fields}
+        opened: dict[str, str] = {}
         for name, value in data.items():
             if isinstance(value, str) and value.startswith(TOKEN_PREFIX):
                 data[name] = self._open_field(name, value, masks.get(name, DEFAULT_MASK), what)
+                opened[name] = value[len(TOKEN_PREFIX) : len(TOKEN_PREFIX) + _KEY_ID_LENGTH]
+        for field in fields:
+            # The key that sealed a field is its subject's: remembered, a command that loads a
+            # buyer's license and writes about that buyer needs no second query for the key.
+            key_id = opened.get(field.name)
+            subject = data.get(field.subject)
+            cipher = self._by_id.get(key_id) if key_id else None
+            if cipher is not None and subject not in (None, "") and subject != masks.get(field.subject):
+                self._by_subject.setdefault(str(subject), (key_id, cipher))  # type: ignore[arg-type]
         return _encoder.encode(data)
 
     def _open_field(self, name: str, token: str, mask: Any, what: str) -> Any:
