@@ -75,6 +75,10 @@ class Account(StateStoredAggregate, name="shred.Account"):
     def _registered(self, event: BuyerRegistered) -> None:
         self.buyer_id, self.name, self.plan = event.buyer_id, event.name, event.plan
 
+    @applies
+    def _plan_changed(self, event: PlanChanged) -> None:
+        self.plan = event.plan
+
 
 class Profile(EventSourcedAggregate, name="shred.Profile"):
     """Rebuilt from its events (no snapshot)."""
@@ -91,6 +95,15 @@ class Card(Profile, name="shred.Card"):
     """Loaded from its snapshot (one per version)."""
 
     snapshot_every: ClassVar[int | None] = 1
+
+
+class PlanChanged(DomainEvent, name="shred.PlanChanged"):
+    plan: str
+
+
+class ChangePlan(Command):
+    account_id: str
+    plan: str
 
 
 class Plain(DomainEvent, name="shred.Plain"):
@@ -118,6 +131,10 @@ def build_app(store: Store) -> Application:
             aggregate = uow.add(aggregate_type(command.account_id))
             aggregate.record(BuyerRegistered(buyer_id=command.buyer_id, name=command.name, plan="gold"))
         uow.publish(BuyerConfirmed(account_id=command.account_id, buyer_id=command.buyer_id, name=command.name, poison=command.poison))
+
+    @app.command_handler(ChangePlan)
+    async def change_plan(command: ChangePlan, uow: Any) -> None:
+        (await uow.get(Account, command.account_id)).record(PlanChanged(plan=command.plan))
 
     return app
 
@@ -267,6 +284,12 @@ async def test_after_forget_every_read_sees_the_mask(store: Store) -> None:
         loaded = await app.load(aggregate_type, "a1")
         assert (loaded.buyer_id, loaded.name) == (MASK, MASK)
     assert (await app.load(Account, "b1")).name == "Other Person"  # another subject is untouched
+    # ...and a forgotten subject's aggregate can still change: its masks are saved as masks, under no key
+    keys_before = await store.fetch("SELECT count(*) FROM tidings_subject_keys")
+    await app.handle(ChangePlan(account_id="a1", plan="silver"))
+    account = await app.load(Account, "a1")
+    assert (account.buyer_id, account.name, account.plan) == (MASK, MASK, "silver")
+    assert await store.fetch("SELECT count(*) FROM tidings_subject_keys") == keys_before
     # ...a projection rebuild forgets them too
     await projector.rebuild("buyer_names")
     rows = {r[0]: tuple(r[1:]) for r in await store.fetch("SELECT * FROM buyer_names")}

@@ -269,8 +269,8 @@ class KeyRing:
         plain = dict(data)
         for field in fields:
             value = plain.get(field.name)
-            if value is None or value == "":
-                continue  # nothing personal in an absent or empty value
+            if value is None or value == "" or value == field.mask:
+                continue  # nothing personal in an absent or empty value, or in a forgotten one's mask
             subject = subject_of(plain, field, what)
             if subject not in self._by_subject:
                 raise PersonalDataError(
@@ -362,7 +362,7 @@ def subjects_of(obj: Any, what: str) -> list[str]:
     if data is None:
         data = {f: getattr(obj, f) for f in {x.name for x in fields} | {x.subject for x in fields}}
     plain = msgspec.to_builtins(data)
-    return [subject_of(plain, f, what) for f in fields if plain.get(f.name) not in (None, "")]
+    return [subject_of(plain, f, what) for f in fields if plain.get(f.name) not in (None, "", f.mask)]
 
 
 def _aad(key_id: str, field: str) -> bytes:
