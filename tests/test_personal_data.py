@@ -427,3 +427,22 @@ def _render(tree: Any) -> str:
     with console.capture() as capture:
         console.print(tree)
     return capture.get()
+
+
+@pytest.fixture
+def no_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MASTER_KEY_ENV)
+
+
+async def test_the_test_kit_seals_and_opens_personal_fields_with_a_key_of_its_own(
+    no_master_key: None, tidings_harness: Any
+) -> None:
+    # Given a user's test with no master key configured (the fixture before the harness's)
+    h = await tidings_harness(build_app)
+    # When a command writes personal data, Then the harness reads it back whole while the store holds it sealed
+    await h.handle(RegisterBuyer(account_id="a1", buyer_id=SUBJECT, name=NAME))
+    assert [(e.buyer_id, e.name) for e in await h.events()] == [(SUBJECT, NAME)] * 3
+    [published] = await h.published()
+    assert (published.buyer_id, published.name) == (SUBJECT, NAME)
+    stored = await h.store.read_journal()
+    assert stored and all(NAME not in bytes(e.payload).decode() for e in stored)
