@@ -335,6 +335,17 @@ async def test_a_missing_or_wrong_master_key_is_a_clear_error(store: Store, monk
     with pytest.raises(WrongMasterKey, match="not the base64 text of 32 bytes"):
         await app.load(Card, "a1")
 
+    # ...and a consumer of personal fields refuses to start, with the reason, instead of dead-lettering each message
+    await prepare(store)
+    broker = LocalBroker(store, poll_interval=0.02)
+    monkeypatch.delenv(MASTER_KEY_ENV)
+    with pytest.raises(MasterKeyMissing, match="consumer 'seen', which handles personal fields, needs the master key"):
+        await asyncio.wait_for(seen_consumer(store, broker).run(asyncio.Event()), 10)
+    monkeypatch.setenv(MASTER_KEY_ENV, MasterKey.generate())
+    with pytest.raises(WrongMasterKey, match="subject keys were wrapped by master key"):
+        await asyncio.wait_for(seen_consumer(store, broker).run(asyncio.Event()), 10)
+    assert await DeadLetters(store).list(consumer="seen") == []
+
 
 async def test_tampered_ciphertext_is_an_error_not_garbage(store: Store) -> None:
     # Given a buyer's state row whose sealed name had one character changed

@@ -34,6 +34,7 @@ from examples.licensing.kernel import ContextParts, Settings
 from tidings.brokers import Broker, open_broker
 from tidings.messaging import MessageRegistry
 from tidings.messaging.personal import master_key
+from tidings.store.subject_keys import check_master_key
 from tidings.runtime import Consumer, Projection, Projector, Relay, SagaRunner, Scheduler
 from tidings.store import Store, open_store
 from tidings.store.names import sql_name
@@ -111,6 +112,7 @@ class Platform:
             options["schema"] = self.schema
         self.store = await open_store(self.database_url, migrate=True, **options)
         try:
+            await check_master_key(self.store, "the licensing platform (its buyer data is personal)")
             self.broker = await open_broker(self.broker_url, store=self.store, **self.broker_options)
         except BaseException:
             await self.store.close()

@@ -73,7 +73,7 @@ from tidings.messaging.contracts import topic_of
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooLarge, UnknownMessageType
 from tidings.messaging.ids import new_id
-from tidings.messaging.personal import PersonalDataError, is_sealed
+from tidings.messaging.personal import PersonalDataError, is_sealed, master_key, personal_fields
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter, importance_of
@@ -88,7 +88,7 @@ from tidings.runtime.shards import ShardOwnership, shard_of, shard_ownership
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, classify, is_transient, is_unavailable
 from tidings.store.names import component_name
-from tidings.store.subject_keys import SubjectKeys
+from tidings.store.subject_keys import SubjectKeys, check_master_key
 
 if TYPE_CHECKING:
     from tidings.app.application import Application, CommandResult
@@ -493,6 +493,7 @@ class Consumer:
         """Consume until ``stop`` is set (or the task is cancelled); survives broker and database outages."""
         stop = stop or asyncio.Event()
         self._check_ready()
+        await self._check_master_key()
         self._reset_runtime()
         self._stop = stop
         if self.shards > 0:
@@ -535,6 +536,21 @@ class Consumer:
                 f"keeps held messages only {max_hold:g} s (max_hold) before delivering them elsewhere — "
                 "shorten the retries or raise the broker's max_hold"
             )
+
+    async def _check_master_key(self) -> None:
+        """A consumer of personal fields stops at start without the right master key, rather than dead-letter each message."""
+        if not any(personal_fields(self.registry.type_for(name)) for name in self._routes if name in self.registry):
+            return
+        what = f"consumer {self.name!r}, which handles personal fields,"
+        master_key(what)
+        try:
+            await check_master_key(self.store, what)  # type: ignore[arg-type]
+        except PersonalDataError:
+            raise
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # The database is not up yet: the run waits for it, and each batch checks its keys anyway.
 
     def _reset_runtime(self) -> None:
         self._lanes: dict[str, deque[_Item]] = {}

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tidings.messaging.personal import KeyRing, MasterKey, WrappedKey, master_key
+from tidings.messaging.personal import MASTER_KEY_ENV, KeyRing, MasterKey, WrappedKey, WrongMasterKey, master_key
 from tidings.store.base import Store
 
-__all__ = ["SubjectKeys", "forget_subject", "keys_by_id", "keys_by_digest", "insert_keys", "delete_subject"]
+__all__ = ["SubjectKeys", "check_master_key", "forget_subject", "keys_by_id", "keys_by_digest", "insert_keys", "delete_subject"]
 
 
 class SubjectKeys(KeyRing):
@@ -52,6 +52,22 @@ class SubjectKeys(KeyRing):
         master = self.master(what)
         self.remember(master, await keys_by_id(self.store, sorted(wanted)))
         self.forgotten(wanted)  # the ones not found: their subjects were forgotten
+
+
+async def check_master_key(store: Store, what: str) -> MasterKey:
+    """The configured master key, checked against the keys in the store; a clear error if it is missing or another.
+
+    Workers that handle personal fields call it when they start: a configuration error stops
+    them with its reason, instead of failing (and dead-lettering) message after message.
+    """
+    master = master_key(what)
+    rows = await store.fetch("SELECT master_key_id FROM tidings_subject_keys WHERE master_key_id <> ? LIMIT 1", (master.id,))
+    if rows:
+        raise WrongMasterKey(
+            f"{what} cannot open this store's personal data: its subject keys were wrapped by master key {rows[0][0]}, "
+            f"but {MASTER_KEY_ENV} is master key {master.id} — set the master key this store was written with"
+        )
+    return master
 
 
 async def forget_subject(store: Store, subject: str, master: MasterKey | None = None) -> bool:
