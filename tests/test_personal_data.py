@@ -403,6 +403,29 @@ async def test_messages_without_personal_fields_need_no_master_key(store: Store,
     assert await store.fetch("SELECT count(*) FROM tidings_subject_keys") == [(0,)]
 
 
+@pytest.mark.parametrize(
+    ("value", "reads_as"),
+    [
+        ("tidings:pd1:AAAAAAAAAAAAAAAA:AAAA", MASK),  # a key id no subject has (or had): as forgotten
+        ("tidings:pd1:nokey", TamperedPersonalData),  # token-shaped garbage: an error naming the field
+        ("tidings:pd1:AAAAAAAAAAAAAAAA:!!!", MASK),  # no key to try it with: nothing to reveal either
+    ],
+)
+async def test_a_foreign_token_shaped_value_reads_as_the_mask_or_a_clear_error(store: Store, value: str, reads_as: Any) -> None:
+    from tidings.messaging import MessageRegistry
+    from tidings.store.subject_keys import SubjectKeys
+
+    registry = MessageRegistry([BuyerConfirmed])
+    payload = json.dumps({"account_id": "a1", "buyer_id": "x", "name": value}).encode()
+    keys = SubjectKeys(store)
+    await keys.prepare_payloads([payload])
+    if reads_as is TamperedPersonalData:
+        with pytest.raises(TamperedPersonalData, match="'name' of shred.BuyerConfirmed .*names no key id"):
+            registry.decode("shred.BuyerConfirmed", 1, payload, keys)
+    else:
+        assert registry.decode("shred.BuyerConfirmed", 1, payload, keys).name == reads_as  # type: ignore[attr-defined]
+
+
 def test_a_mask_that_does_not_fit_its_field_is_refused_when_the_class_is_first_used() -> None:
     from tidings.messaging.personal import personal_fields
 

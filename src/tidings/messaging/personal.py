@@ -59,6 +59,7 @@ TOKEN_PREFIX = "tidings:pd1:"
 _SEALED = b'"' + TOKEN_PREFIX.encode()
 _KEY_ID_LENGTH = 16  # secrets.token_urlsafe(12)
 _KEY_ID = re.compile(rb'"tidings:pd1:([A-Za-z0-9_-]{16}):')
+_KEY_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{16}")
 _NONCE = 12
 _encoder = msgspec.json.Encoder()
 
@@ -311,6 +312,8 @@ class KeyRing:
 
     def _open_field(self, name: str, token: str, mask: Any, what: str) -> Any:
         key_id, _, body = token[len(TOKEN_PREFIX) :].partition(":")
+        if not _KEY_ID_SHAPE.fullmatch(key_id):
+            raise TamperedPersonalData(name, what, f"the value starts like a sealed field but names no key id ({key_id[:20]!r})")
         if key_id not in self._by_id:
             raise PersonalDataError(
                 f"{what} was read without fetching its subject keys first (field {name!r}); "
