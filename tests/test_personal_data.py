@@ -31,7 +31,7 @@ from tidings.cli import app as cli
 from tidings.cli.trace import collect_trace, trace_tree
 from tidings.messaging import Envelope
 from tidings.messaging.personal import MASTER_KEY_ENV, MasterKey, MasterKeyMissing, TamperedPersonalData, WrongMasterKey
-from tidings.runtime import Projection, Projector, Relay, handles
+from tidings.runtime import Projection, ProjectionFailed, Projector, Relay, handles
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.consumer import Consumer, HandlerContext, Retries
 from tidings.runtime.dead_letters import DeadLetters
@@ -150,6 +150,16 @@ class BuyerNames(Projection, name="buyer_names"):
         )
 
 
+class FailingBuyerNames(Projection, name="failing_buyer_names"):
+    """Fails on every buyer, quoting their name (as a careless error message would)."""
+
+    tables = {"failing_buyer_names": "CREATE TABLE {failing_buyer_names} (account_id TEXT PRIMARY KEY)"}
+
+    @handles
+    def registered(self, event: BuyerRegistered, envelope: Envelope) -> None:
+        raise ValueError(f"no room for {event.name}")
+
+
 def seen_consumer(store: Store, broker: LocalBroker, name: str = "seen") -> Consumer:
     """Records the buyer it was given; a poisoned message fails with the buyer's name in its error."""
     consumer = Consumer(name, store, broker, retries=Retries(immediate=0, delayed=1, backoff=Backoff(0.01, 0.01)))
@@ -257,6 +267,23 @@ async def test_personal_fields_are_nowhere_in_plaintext_and_read_back_whole(stor
     # ...one key for the subject, however many fields and rows it sealed
     assert await store.fetch("SELECT count(*) FROM tidings_subject_keys") == [(1,)]
     assert result.events
+
+
+async def test_a_failing_projection_keeps_the_personal_values_out_of_its_stored_error_and_the_log(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    app = build_app(store)
+    await app.handle(RegisterBuyer(account_id="a1", buyer_id=SUBJECT, name=NAME))
+    projector = Projector(store, [FailingBuyerNames(registry=app.registry)])
+    with pytest.raises(ProjectionFailed) as failed:
+        await projector.catch_up()
+    assert "no room for [personal data]" in str(failed.value) and NAME not in str(failed.value)
+    (status,) = await projector.status()
+    assert status.state == "failed" and "no room for [personal data]" in (status.last_error or "")
+    for table, text in (await raw_tables(store)).items():
+        assert NAME not in text, f"{NAME!r} is in {table} in plaintext"
+    assert NAME not in caplog.text
 
 
 async def _has_dead_letter(letters: DeadLetters) -> bool:

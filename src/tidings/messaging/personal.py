@@ -50,6 +50,7 @@ __all__ = [
     "WrongMasterKey",
     "is_sealed",
     "personal_fields",
+    "scrubbed",
 ]
 
 #: The environment variable holding the master key: 32 random bytes, base64 (``tidings subjects new-key``).
@@ -343,6 +344,13 @@ class KeyRing:
             for k, v in data.items()
             if isinstance(v, str) and v.startswith(TOKEN_PREFIX) and plain.get(k) not in (None, DEFAULT_MASK, "")
         ]
+
+
+def scrubbed(text: str, values: Iterable[str]) -> str:
+    """``text`` with each personal value replaced by a placeholder (an error may quote what it was handling)."""
+    for value in values:
+        text = text.replace(value, "[personal data]")
+    return text
 
 
 def subject_of(data: dict[str, Any], field: PersonalField, what: str) -> str:

@@ -73,7 +73,7 @@ from tidings.messaging.contracts import topic_of
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooLarge, UnknownMessageType
 from tidings.messaging.ids import new_id
-from tidings.messaging.personal import PersonalDataError, is_sealed, master_key, personal_fields
+from tidings.messaging.personal import PersonalDataError, is_sealed, master_key, personal_fields, scrubbed
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter, importance_of
@@ -1551,9 +1551,7 @@ def _describe(error: BaseException) -> str:
 
 def _scrubbed(item: _Item, text: str) -> str:
     """``text`` without the plaintext of the item's personal fields (a handler's error may quote them)."""
-    for value in item.personal:
-        text = text.replace(value, "[personal data]")
-    return text
+    return scrubbed(text, item.personal) if item.personal else text
 
 
 def _format_traceback(error: BaseException) -> str:

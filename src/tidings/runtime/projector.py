@@ -27,7 +27,7 @@ import msgspec
 from tidings.domain.errors import TidingsError
 from tidings.messaging.envelope import Envelope, utc_now
 from tidings.messaging.ids import new_id
-from tidings.messaging.personal import is_sealed
+from tidings.messaging.personal import is_sealed, scrubbed
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.journal_reader import JournalBatch, JournalReader, JournalRow, first_after, journal_head
 from tidings.runtime.projection import REBUILD_SUFFIX, Projection, Target, _current, _Handler, _Session
@@ -470,6 +470,13 @@ class Projector:
 
     async def _fail(self, run: _Run, row: JournalRow, cause: BaseException) -> None:
         failure = ProjectionFailed(run.projection.name, row.position, row.event_type, cause)
+        if is_sealed(row.payload):
+            # A handler's error may quote the personal values it was given: they stay out of the
+            # stored error and the log (the journal keeps them sealed; this copy would not be).
+            keys = SubjectKeys(self.store)
+            with contextlib.suppress(Exception):
+                await keys.prepare_payloads([row.payload])
+                failure.args = (scrubbed(str(failure), keys.values(row.payload)),)
         run.failed = True
         if run.target == "live":
             await self.store.run(
