@@ -241,7 +241,7 @@ async def test_personal_fields_are_nowhere_in_plaintext_and_read_back_whole(stor
     await prepare(store)
     app = build_app(store)
     result = await app.handle(RegisterBuyer(account_id="a1", buyer_id=SUBJECT, name=NAME))
-    await app.handle(RegisterBuyer(account_id="a2", buyer_id=SUBJECT, name=NAME, poison=True))
+    poisoned = await app.handle(RegisterBuyer(account_id="a2", buyer_id=SUBJECT, name=NAME, poison=True))
 
     # When the relay publishes to the local broker's log and a consumer applies (and dead-letters) them
     broker = LocalBroker(store, poll_interval=0.02)
@@ -264,6 +264,8 @@ async def test_personal_fields_are_nowhere_in_plaintext_and_read_back_whole(stor
     assert await seen(store) == [("a1", SUBJECT, NAME)]
     [dead] = await letters.list(consumer="seen")
     assert "[personal data]" in dead.error and "[personal data]" in dead.traceback
+    traced = _render(trace_tree(await collect_trace(store, poisoned.correlation_id)))
+    assert "cannot bill [personal data]" in traced and NAME not in traced and SUBJECT not in traced
     # ...one key for the subject, however many fields and rows it sealed
     assert await store.fetch("SELECT count(*) FROM tidings_subject_keys") == [(1,)]
     assert result.events
@@ -295,7 +297,7 @@ async def test_after_forget_every_read_sees_the_mask(store: Store) -> None:
     await prepare(store)
     app = build_app(store)
     result = await app.handle(RegisterBuyer(account_id="a1", buyer_id=SUBJECT, name=NAME))
-    await app.handle(RegisterBuyer(account_id="a2", buyer_id=SUBJECT, name=NAME, poison=True))
+    poisoned = await app.handle(RegisterBuyer(account_id="a2", buyer_id=SUBJECT, name=NAME, poison=True))
     await app.handle(RegisterBuyer(account_id="b1", buyer_id="someone-else", name="Other Person"))
     projector = Projector(store, [BuyerNames(registry=app.registry)])
     await projector.rebuild("buyer_names")
@@ -332,10 +334,12 @@ async def test_after_forget_every_read_sees_the_mask(store: Store) -> None:
     shown = await asyncio.to_thread(CliRunner().invoke, cli, ["dlq", "show", str(dead.id), "-d", _url(store)], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert f'"name": "{MASK}"' in shown.output  # the dead letter's payload, opened: the mask
-    # ...and the trace of the story shows it without an error
-    tree = trace_tree(await collect_trace(store, result.correlation_id))
-    text = _render(tree)
+    # ...and the traces show it without an error: the story, and the dead letter's error with the mask it quoted
+    text = _render(trace_tree(await collect_trace(store, result.correlation_id)))
     assert "shred.BuyerRegistered" in text
+    dead_trace = _render(trace_tree(await collect_trace(store, poisoned.correlation_id)))
+    assert f"cannot bill {MASK}" in dead_trace
+    text += dead_trace
     for plaintext in PLAINTEXTS:
         assert plaintext not in text and plaintext not in shown.output
 
