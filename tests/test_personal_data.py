@@ -130,7 +130,8 @@ def build_app(store: Store) -> Application:
         for aggregate_type in (Account, Profile, Card):
             aggregate = uow.add(aggregate_type(command.account_id))
             aggregate.record(BuyerRegistered(buyer_id=command.buyer_id, name=command.name, plan="gold"))
-        uow.publish(BuyerConfirmed(account_id=command.account_id, buyer_id=command.buyer_id, name=command.name, poison=command.poison))
+        confirmed = BuyerConfirmed(account_id=command.account_id, buyer_id=command.buyer_id, name=command.name, poison=command.poison)
+        uow.publish(confirmed, key=command.account_id)
 
     @app.command_handler(ChangePlan)
     async def change_plan(command: ChangePlan, uow: Any) -> None:
