@@ -14,10 +14,10 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from tidings.app import Application, UnitOfWork
-from tidings.domain import Command, DomainEvent, EventSourcedAggregate, StateStoredAggregate, applies
+from tidings.domain import Command, DomainEvent, EventSourcedAggregate, Personal, StateStoredAggregate, applies
 from tidings.messaging import Envelope, IntegrationEvent, new_id
 from tidings.store import Store
 
@@ -144,6 +144,52 @@ class SourcedLicense(_LicenseRules, EventSourcedAggregate, name="License"):
     """The license rebuilt from its own stream of events."""
 
 
+# -- the same workload with personal data (`--personal`): the reporter and the buyer are sealed ----
+
+Reporter = Annotated[str, Personal(subject="reported_by")]
+
+
+class PersonalUsageReported(DomainEvent, name="licensing.UsageReported"):
+    """UsageReported with the reporting person sealed under their own key."""
+
+    units: int
+    channel: str
+    reported_by: Reporter
+    used_total: int
+
+
+class PersonalLicenseUsageReported(IntegrationEvent, name="licensing.LicenseUsageReported", version=1):
+    """LicenseUsageReported with the reporting person sealed under their own key."""
+
+    license_id: str
+    units: int
+    used_total: int
+    channel: str
+    reported_by: Reporter
+
+
+class _PersonalRules(_LicenseRules):
+    buyer_id: Annotated[str, Personal(subject="buyer_id")] = ""
+
+    def report_usage(self, units: int, channel: str, reported_by: str) -> None:
+        """Record one usage report whose reporter is personal data."""
+        self.record(  # type: ignore[attr-defined]
+            PersonalUsageReported(units=units, channel=channel, reported_by=reported_by, used_total=self.used + units)
+        )
+
+    @applies
+    def _usage_reported(self, event: PersonalUsageReported) -> None:  # type: ignore[override]
+        self.used = event.used_total
+
+
+class PersonalStoredLicense(_PersonalRules, StateStoredAggregate, name="License"):
+    """StoredLicense whose buyer is sealed in its state row."""
+
+
+class PersonalSourcedLicense(_PersonalRules, EventSourcedAggregate, name="License"):
+    """SourcedLicense with sealed reporters in its stream."""
+
+
 @dataclass
 class Workload:
     """An Application wired for the workload, counting handler runs so conflicts can be reported."""
@@ -161,12 +207,20 @@ class Workload:
         await self.app.handle(command, retries=retries)
 
     @classmethod
-    def build(cls, store: Store, persistence: Persistence, *, translate: bool = True) -> Workload:
-        """An Application with the license handlers, and (if `translate`) the usage translator."""
+    def build(cls, store: Store, persistence: Persistence, *, translate: bool = True, personal: bool = False) -> Workload:
+        """An Application with the license handlers, and (if `translate`) the usage translator.
+
+        ``personal``: the reporter (events, contract) and the buyer (state) are personal data,
+        sealed per subject — what crypto-shredding costs on the write path.
+        """
         app = Application(store, name="licensing")
         license_type: type[StoredLicense] | type[SourcedLicense] = (
             StoredLicense if persistence == "state" else SourcedLicense
         )
+        if personal:
+            license_type = PersonalStoredLicense if persistence == "state" else PersonalSourcedLicense  # type: ignore[assignment]
+        usage_event: type[Any] = PersonalUsageReported if personal else UsageReported
+        contract: type[Any] = PersonalLicenseUsageReported if personal else LicenseUsageReported
         workload = cls(app, license_type)
 
         @app.command_handler(OfferLicense)
@@ -184,10 +238,10 @@ class Workload:
 
         if translate:
 
-            @app.translator(UsageReported)
+            @app.translator(usage_event)
             def usage_to_contract(event: UsageReported, envelope: Envelope) -> LicenseUsageReported:
                 assert envelope.aggregate_id is not None
-                return LicenseUsageReported(
+                return contract(  # type: ignore[no-any-return]
                     license_id=envelope.aggregate_id,
                     units=event.units,
                     used_total=event.used_total,

@@ -51,6 +51,7 @@ from bench.workload import (
     usage_command,
 )
 from tidings.messaging import new_id
+from tidings.messaging.personal import MASTER_KEY_ENV, MasterKey
 from tidings.store import Store, open_store
 
 NAME = "write"
@@ -80,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["statement", "pipeline"],
         default="statement",
         help="PostgreSQL raw: one INSERT with CTEs (default, fastest measured) or a pipelined BEGIN/INSERTs/COMMIT",
+    )
+    parser.add_argument(
+        "--personal", action="store_true",
+        help="ours with personal fields (reporter in events and contract, buyer in state), sealed per subject",
     )
     parser.add_argument("--profile", metavar="FILE", help="write cProfile stats of ours' measured rounds to FILE")
 
@@ -505,7 +510,9 @@ async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
 
 async def _measure(args: argparse.Namespace, progress: Progress, dbs: Databases) -> dict[str, Any]:
-    workload = Workload.build(dbs.ours, args.persistence)
+    if args.personal:
+        os.environ.setdefault(MASTER_KEY_ENV, MasterKey.generate())
+    workload = Workload.build(dbs.ours, args.persistence, personal=args.personal)
     ids = license_ids(args.aggregates)
     warmup = min(500, max(args.commands // 10, 1))
     plan = command_plan(args.aggregates, warmup + args.commands)
@@ -591,6 +598,7 @@ async def _measure(args: argparse.Namespace, progress: Progress, dbs: Databases)
         "raw_insert_only_p99_ms": ins_lat["p99_ms"],
         "store": args.store,
         "persistence": args.persistence,
+        "personal": args.personal,
         "concurrency": n,
         "commands": args.commands,
         "aggregates": args.aggregates,

@@ -27,6 +27,7 @@ from examples.licensing.kernel import Settings
 from examples.licensing.platform import ROLES, Platform
 from tidings.brokers import BrokerError
 from tidings.messaging.redaction import redact_url, scrub
+from tidings.messaging.personal import MASTER_KEY_ENV, MasterKey, PersonalDataError
 
 __all__ = ["main"]
 
@@ -116,13 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from examples.licensing.scenario import main as demo
 
+        if not os.environ.get(MASTER_KEY_ENV, "").strip():
+            # The demo writes a fresh store each run, so a key of its own is enough; a deployment
+            # sets TIDINGS_MASTER_KEY once (`tidings subjects new-key`) and keeps it with its backups.
+            os.environ[MASTER_KEY_ENV] = MasterKey.generate()
         return demo(args.database, args.broker, keep=args.keep)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     roles = list(ROLES) if args.command == "serve" else [r.strip() for r in args.roles.split(",") if r.strip()]
     urls = (args.database or os.environ.get("TIDINGS_DATABASE_URL"), args.broker or os.environ.get("TIDINGS_BROKER_URL"))
     try:
         return asyncio.run(_run_roles(args, roles))
-    except ValueError as exc:  # a wrong schema, URL or option: no retry can fix it
+    except (ValueError, PersonalDataError) as exc:  # a wrong schema, URL or option: no retry can fix it
         print(f"error: {scrub(str(exc), *urls)}", file=sys.stderr)
         return 2
     except (ConnectionError, BrokerError) as exc:  # the database or broker cannot be reached

@@ -33,6 +33,8 @@ from examples.licensing.contracts import contract_registry, register_contracts
 from examples.licensing.kernel import ContextParts, Settings
 from tidings.brokers import Broker, open_broker
 from tidings.messaging import MessageRegistry
+from tidings.messaging.personal import master_key
+from tidings.store.subject_keys import check_master_key
 from tidings.runtime import Consumer, Projection, Projector, Relay, SagaRunner, Scheduler
 from tidings.store import Store, open_store
 from tidings.store.names import sql_name
@@ -102,11 +104,15 @@ class Platform:
 
     async def open(self) -> Platform:
         """Open the store (migrated) and the broker, then build every context on them."""
+        # Buyer data is personal (sealed per buyer): without the master key nothing could be
+        # written or read, so say so now rather than at the first purchase.
+        master_key("the licensing platform (its buyer data is personal)")
         options: dict[str, Any] = {}
         if self.schema and self.database_url.startswith(("postgresql://", "postgres://")):
             options["schema"] = self.schema
         self.store = await open_store(self.database_url, migrate=True, **options)
         try:
+            await check_master_key(self.store, "the licensing platform (its buyer data is personal)")
             self.broker = await open_broker(self.broker_url, store=self.store, **self.broker_options)
         except BaseException:
             await self.store.close()

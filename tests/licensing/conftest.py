@@ -11,3 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import os  # noqa: E402
+
+from tidings.messaging.personal import MASTER_KEY_ENV, MasterKey  # noqa: E402
+
+# Buyer data is personal: the platform seals it with keys wrapped by the master key, and refuses to
+# start without one. Every test store is fresh, so one key per test session will do.
+os.environ.setdefault(MASTER_KEY_ENV, MasterKey.generate())

@@ -44,6 +44,8 @@ from examples.licensing.compliance.infrastructure.wiring import build
 from examples.licensing.contracts import LicensePurchaseConfirmed, LicensePurchaseConfirmedV1, UsageViolationDetected
 from examples.licensing.kernel import ContextParts, Settings
 from tidings.app.outgoing import outbox_entry
+from tidings.messaging.personal import subjects_of
+from tidings.store.subject_keys import SubjectKeys
 from tidings.brokers import Broker, open_broker
 from tidings.domain import AggregateNotFound, Command, ConcurrencyError, DomainError, ValidationError
 from tidings.messaging import MessageContext, new_id
@@ -116,10 +118,12 @@ async def all_acked(store: Store, group: str, topic: str) -> bool:
 
 async def publish_contracts(store: Store, broker: Broker, *events: Any, correlation_id: str | None = None) -> list[str]:
     """Commit an outbox row per Licensing contract (as Licensing would) and relay them; their event ids."""
+    keys = SubjectKeys(store)  # buyer ids are personal: sealed as Licensing's unit of work would
+    await keys.prepare_subjects([s for event in events for s in subjects_of(event, "a test contract")], "a test")
     entries = [
         outbox_entry(
             event, topic=type(event).contract_topic, key=event.license_id, source="licensing",
-            context=MessageContext(correlation_id=correlation_id),
+            context=MessageContext(correlation_id=correlation_id), keys=keys,
         )
         for event in events
     ]  # fmt: skip

@@ -48,6 +48,9 @@ from examples.licensing.licensing.infrastructure.asset_consumer import ASSET_ACL
 from examples.licensing.licensing.infrastructure.usage_by_day import DayUsage
 from examples.licensing.licensing.infrastructure.wiring import build
 from tidings.app import outgoing
+from tidings.domain.personal import DEFAULT_MASK
+from tidings.messaging.personal import subjects_of
+from tidings.store.subject_keys import SubjectKeys, forget_subject
 from tidings.brokers.base import OutgoingMessage
 from tidings.brokers.headers import envelope_to_headers
 from tidings.brokers.local import LocalBroker
@@ -82,7 +85,9 @@ def ready(asset_id: str, *, owner_id: str = OWNER, title: str = "Harbour at dawn
 
 async def publish_as_producer(store: Store, event: IntegrationEvent, *, key: str, source: str) -> Envelope:
     """Write ``event`` to the outbox as its producing context would (its own transaction)."""
-    envelope, entry = outgoing.outbox_entry(event, topic=event.topic, key=key, source=source)  # type: ignore[attr-defined]
+    keys = SubjectKeys(store)  # personal fields (buyer ids) are sealed, as a tidings producer does
+    await keys.prepare_subjects(subjects_of(event, event.message_name), event.message_name)
+    envelope, entry = outgoing.outbox_entry(event, topic=event.topic, key=key, source=source, keys=keys)  # type: ignore[attr-defined]
     await store.commit(Changes(outbox=[entry]))
     return envelope
 
@@ -129,10 +134,13 @@ async def outbox(store: Store, topic: str) -> list[tuple[str, Envelope, Any]]:
     """(partition key, envelope, decoded current-version event) of every outbox row on ``topic``, oldest first."""
     registry = contract_registry()
     rows = []
-    for row in await store.read_outbox():
+    stored = await store.read_outbox()
+    keys = SubjectKeys(store)  # buyer ids are sealed personal data
+    await keys.prepare_payloads(row.payload for row in stored)
+    for row in stored:
         if row.topic == topic:
             envelope = msgspec.json.decode(row.envelope, type=Envelope)
-            rows.append((row.partition_key, envelope, registry.decode(row.event_type, envelope.schema_version, row.payload)))
+            rows.append((row.partition_key, envelope, registry.decode(row.event_type, envelope.schema_version, row.payload, keys)))
     return rows
 
 
@@ -458,3 +466,25 @@ async def test_http_routes_leave_errors_to_the_composition_root(sqlite_store: St
     for refused in (malformed, out_of_bounds):
         assert refused.status_code == 422  # shape and bounds: FastAPI's own 422, naming the field
         assert refused.json()["detail"][0]["loc"] == ["body", "uses"]
+
+
+async def test_a_buyer_id_is_sealed_in_every_table_and_reads_as_the_mask_once_the_buyer_is_forgotten(sqlite_store: Store) -> None:
+    # Given a license offered to, bought and used by a buyer
+    buyer = "buyer-plaintext-4711"
+    app = build(sqlite_store, FAST).application
+    await app.handle(RegisterLicensableAsset(asset_id="asset-9", owner_id=OWNER, title="t", media_type="image/jpeg"))
+    offer = OfferLicense(asset_id="asset-9", buyer_id=buyer, price_cents=4_900, allowed_uses=1)
+    await app.handle(offer)
+    await app.handle(PurchaseLicense(license_id=offer.license_id, buyer_id=buyer))
+
+    # Then the buyer's id is in no table of tidings' in plaintext (journal, state, outbox), yet loads whole
+    for table in ("journal", "aggregate_state", "outbox"):
+        rows = await sqlite_store.fetch(f"SELECT * FROM tidings_{table}")
+        assert rows and buyer not in repr(rows), f"the buyer's id is in tidings_{table} in plaintext"
+    assert (await app.load(License, offer.license_id)).buyer_id == buyer
+
+    # When the buyer is forgotten, Then the license reads the mask, and its confirmation too
+    assert await forget_subject(sqlite_store, buyer)
+    assert (await app.load(License, offer.license_id)).buyer_id == DEFAULT_MASK
+    [(_, _, confirmed)] = await outbox(sqlite_store, LICENSE_PURCHASE_CONFIRMED_TOPIC)
+    assert confirmed.buyer_id == DEFAULT_MASK and confirmed.price_cents == 4_900

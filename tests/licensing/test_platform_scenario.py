@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -83,3 +84,14 @@ def test_the_demo_settings_leave_good_assets_time_to_finish() -> None:
     # Good assets are ready well under a second; the stall deadline must not catch them on a busy machine.
     assert settings.stall_after >= 5
     assert settings.immediate_retries + settings.delayed_retries >= 1  # the corrupt file is retried before it dies
+
+
+async def test_the_platform_refuses_to_start_without_the_master_key_of_its_buyer_data(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from examples.licensing.platform import Platform
+    from tidings.messaging.personal import MASTER_KEY_ENV, MasterKeyMissing
+
+    monkeypatch.delenv(MASTER_KEY_ENV)
+    with pytest.raises(MasterKeyMissing, match="the licensing platform .its buyer data is personal. needs the master key"):
+        await Platform(f"sqlite:///{tmp_path / 'p.db'}", "local:").open()

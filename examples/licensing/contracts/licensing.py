@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from examples.licensing.contracts.topics import (
     LICENSE_PURCHASE_CONFIRMED_TOPIC,
     LICENSE_USAGE_REPORTED_TOPIC,
     USAGE_VIOLATION_DETECTED_TOPIC,
 )
+from tidings.domain import Personal
 from tidings.messaging import IntegrationEvent
+
+#: The buyer's id is personal data of that buyer: published sealed with their key, masked once they
+#: are forgotten (``tidings subjects forget BUYER_ID``); consumers see plaintext or the mask.
+BuyerId = Annotated[str, Personal(subject="buyer_id")]
 
 __all__ = [
     "LicensePurchaseConfirmed",
@@ -36,7 +41,7 @@ class LicensePurchaseConfirmedV1(
 
     license_id: str
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     price_cents: int
 
 
@@ -48,7 +53,7 @@ class LicensePurchaseConfirmed(
 
     license_id: str
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     price_cents: int
     # Required, not defaulted: a v2 reader must never guess the currency of a v2 payload; only
     # the upcaster may, because for v1 the answer is known.
@@ -70,7 +75,7 @@ class LicenseUsageReported(
 
     license_id: str
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     uses: int
     used: int
     allowed: int
@@ -84,6 +89,6 @@ class UsageViolationDetected(
 
     license_id: str
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     used: int
     allowed: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,9 +21,11 @@ from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MessageTooLarge
 from tidings.messaging.ids import new_id
+from tidings.messaging.personal import personal_fields, subjects_of
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.store.base import Store
 from tidings.store.records import Changes, JournalEntry, OutboxEntry, SnapshotRow, StateRow, StreamWrite
+from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["Application", "CommandResult", "UnknownCommand", "DEFAULT_MAX_MESSAGE_BYTES"]
 
@@ -107,7 +110,7 @@ class Application:
 
         With a ``tenant``, another tenant's aggregate is WrongTenant (an AggregateNotFound).
         """
-        aggregate = await self.repository.load(aggregate_type, aggregate_id, tenant=tenant)
+        aggregate = await self.repository.load(aggregate_type, aggregate_id, SubjectKeys(self.store), tenant=tenant)
         if aggregate is None:
             raise AggregateNotFound(aggregate_type.aggregate_type, aggregate_id)
         return aggregate
@@ -183,7 +186,7 @@ class Application:
     async def _handle_once(self, command: Command, handler: CommandHandler, context: MessageContext) -> CommandResult:
         command_id = new_id()
         unit = _Commit(self, context, command_id, command.message_name)
-        uow = UnitOfWork(self)
+        uow = UnitOfWork(self, unit.keys)
         uow.tenant = context.tenant
         # The command causes its events; what caused the command (a consumer's message) goes on
         # those events as command_causation_id, so a trace leads message → command → events.
@@ -206,6 +209,7 @@ class Application:
             queue.extend(unit.collect(uow))
 
         changes = unit.changes(uow)
+        await unit.seal(changes)
         await self.store.commit(changes)
         return CommandResult(value, command_id, unit.correlation_id, unit.events, unit.published)
 
@@ -224,6 +228,10 @@ class _Commit:
         self.journal: list[JournalEntry] = []
         self.events: list[Envelope] = []
         self.published: list[Envelope] = []
+        #: The subject keys of this unit of work (fetched once per subject, for this unit only).
+        self.keys = SubjectKeys(app.store)
+        #: Rows holding personal fields, sealed just before the commit: (list, index, message or (class, state)).
+        self._personal: list[tuple[list[Any], int, Any]] = []
 
     def _envelope(self, message: Message, causation_id: str, aggregate: tuple[str, str, int] | None) -> Envelope:
         return Envelope(
@@ -280,6 +288,8 @@ class _Commit:
                     payload=payload,
                 )
             )
+            if personal_fields(type(event)):
+                self._personal.append((self.journal, len(self.journal) - 1, event))
             self.events.append(envelope)
             out.append((envelope, event))
         return out
@@ -299,9 +309,13 @@ class _Commit:
                 changes.states.append(
                     StateRow(aggregate.aggregate_type, aggregate.id, aggregate.version, state, self.context.tenant)
                 )
+                if personal_fields(type(aggregate)):
+                    self._personal.append((changes.states, len(changes.states) - 1, (type(aggregate), aggregate.state())))
             elif every and aggregate.version // every > loaded // every:
                 state = repository.codec(type(aggregate)).encode_checked(aggregate)
                 changes.snapshots.append(SnapshotRow(stream_id, aggregate.version, state, self.context.tenant))
+                if personal_fields(type(aggregate)):
+                    self._personal.append((changes.snapshots, len(changes.snapshots) - 1, (type(aggregate), aggregate.state())))
         for publication in uow.publications:
             assert publication.partition_key is not None  # keyed by UnitOfWork.resolve_keys
             cause = publication.cause
@@ -328,7 +342,31 @@ class _Commit:
                     payload=self._payload(publication.event),
                 )
             )
+            if personal_fields(type(publication.event)):
+                self._personal.append((changes.outbox, len(changes.outbox) - 1, publication.event))
         return changes
+
+    async def seal(self, changes: Changes) -> None:
+        """Replace the plaintext of every personal field in ``changes`` by its sealed form, keys fetched in one go."""
+        if not self._personal:
+            return
+        subjects = [s for _, _, obj in self._personal for s in subjects_of(obj, _name_of(obj))]
+        await self.keys.prepare_subjects(subjects, f"{_name_of(self._personal[0][2])}, which has personal fields,")
+        for rows, index, obj in self._personal:
+            sealed = self.keys.seal(obj, _name_of(obj))
+            row = rows[index]
+            if isinstance(row, (StateRow, SnapshotRow)):
+                rows[index] = dataclasses.replace(row, state=sealed)
+            else:
+                if len(sealed) > self.app.max_message_bytes:
+                    raise MessageTooLarge(row.event_type, len(sealed), self.app.max_message_bytes)
+                rows[index] = dataclasses.replace(row, payload=sealed)
+
+
+def _name_of(obj: Any) -> str:
+    if isinstance(obj, tuple):
+        return f"the state of {obj[0].aggregate_type}"
+    return str(obj.message_name)
 
 
 async def _maybe_await(value: Any | Awaitable[Any]) -> Any:

@@ -18,6 +18,7 @@ from tidings.messaging.contracts import warn_if_deprecated
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MessageTooLarge
 from tidings.messaging.ids import new_id
+from tidings.messaging.personal import KeyRing, PersonalDataError, personal_fields
 from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
 from tidings.messaging.registry import MessageRegistry
 from tidings.store.records import OutboxEntry
@@ -51,17 +52,28 @@ def outbox_entry(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     now: datetime | None = None,
     event_id: str | None = None,
+    keys: KeyRing | None = None,
 ) -> tuple[Envelope, OutboxEntry]:
     """The envelope and outbox row that publish ``message`` on ``topic`` in partition-key order of ``key``.
 
     Correlation, user and tenant come from ``cause`` (the envelope being handled) or else from
     ``context``; the causation id is the cause's event id. Field types are validated and the
-    payload's size is checked here, before anything is written.
+    payload's size is checked here, before anything is written. A message with personal fields
+    is sealed with ``keys``, whose ``prepare_subjects`` was awaited for its subjects.
     """
     if getattr(type(message), "contract_deprecated_after", None) is not None:
         warn_if_deprecated(type(message))
     message = _validator.validate(message)  # converted to its field types; a command's own validate() rules ran
-    payload = MessageRegistry.encode(message)
+    if personal_fields(type(message)):
+        if keys is None:
+            # Sealing needs the subjects' keys from the store (async); refusing beats writing plaintext.
+            raise PersonalDataError(
+                f"{message.message_name} has personal fields: pass keys=SubjectKeys(store) after awaiting "
+                "keys.prepare_subjects(subjects_of(message, ...)), or send it from a command handler, whose unit of work seals them"
+            )
+        payload = keys.seal(message, message.message_name)
+    else:
+        payload = MessageRegistry.encode(message)
     if len(payload) > max_message_bytes:
         raise MessageTooLarge(message.message_name, len(payload), max_message_bytes)
     context = context or MessageContext()

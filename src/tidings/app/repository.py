@@ -6,9 +6,11 @@ from typing import TypeVar
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.errors import WrongTenant
+from tidings.messaging.personal import is_sealed
 from tidings.messaging.registry import MessageRegistry
 from tidings.messaging.state import StateCodec
 from tidings.store.base import Store
+from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["Repository", "stream_id_of"]
 
@@ -44,7 +46,7 @@ class Repository:
             codec = self._codecs[aggregate_type] = StateCodec(aggregate_type)
         return codec
 
-    async def snapshot(self, aggregate_type: type[A], aggregate_id: str) -> A | None:
+    async def snapshot(self, aggregate_type: type[A], aggregate_id: str, keys: SubjectKeys | None = None) -> A | None:
         """The event-sourced aggregate as its latest snapshot holds it (version included), without the events after it.
 
         None when no snapshot was written yet (``snapshot_every`` unset, or fewer versions than it).
@@ -57,20 +59,30 @@ class Repository:
         snapshot = await self.store.load_snapshot(stream_id_of(aggregate_type.aggregate_type, aggregate_id))
         if snapshot is None:
             return None
-        return aggregate_type.restore(aggregate_id, snapshot.version, self.codec(aggregate_type).decode(snapshot.state))
+        keys = keys or SubjectKeys(self.store)
+        if is_sealed(snapshot.state):
+            await keys.prepare_payloads([snapshot.state])
+        return aggregate_type.restore(aggregate_id, snapshot.version, self.codec(aggregate_type).decode(snapshot.state, keys))
 
-    async def load(self, aggregate_type: type[A], aggregate_id: str, *, tenant: str | None = None) -> A | None:
+    async def load(
+        self, aggregate_type: type[A], aggregate_id: str, keys: SubjectKeys | None = None, *, tenant: str | None = None
+    ) -> A | None:
         """The aggregate as last committed, or None if it was never saved.
 
         With a ``tenant``, an aggregate another tenant owns (or none) raises WrongTenant: this is
         the one place where loads for commands and queries are checked (docs/decisions/0018).
+        Personal fields are opened with ``keys`` (the unit of work's; a fresh ring if None), so a
+        forgotten subject's fields hold their masks.
         """
+        keys = keys or SubjectKeys(self.store)
         if not aggregate_type.event_sourced:
             row = await self.store.load_state(aggregate_type.aggregate_type, aggregate_id)
             if row is None:
                 return None
             _check_tenant(aggregate_type, aggregate_id, tenant, row.tenant)
-            return aggregate_type.restore(aggregate_id, row.version, self.codec(aggregate_type).decode(row.state))
+            if is_sealed(row.state):
+                await keys.prepare_payloads([row.state])
+            return aggregate_type.restore(aggregate_id, row.version, self.codec(aggregate_type).decode(row.state, keys))
 
         if aggregate_type not in self._known:
             self.registry.register(*aggregate_type.appliers())
@@ -82,7 +94,10 @@ class Repository:
         if aggregate_type.snapshot_every:
             snapshot = await self.store.load_snapshot(stream_id)
             if snapshot is not None:
-                aggregate = aggregate_type.restore(aggregate_id, snapshot.version, self.codec(aggregate_type).decode(snapshot.state))
+                if is_sealed(snapshot.state):
+                    await keys.prepare_payloads([snapshot.state])
+                state = self.codec(aggregate_type).decode(snapshot.state, keys)
+                aggregate = aggregate_type.restore(aggregate_id, snapshot.version, state)
                 after, owner = snapshot.version, snapshot.tenant
         stored = await self.store.load_stream(stream_id, after)
         if aggregate is None:
@@ -91,7 +106,8 @@ class Repository:
             aggregate = aggregate_type.restore(aggregate_id, 0, {})
             owner = stored[0].tenant  # the tenant of the event that created it
         _check_tenant(aggregate_type, aggregate_id, tenant, owner)
-        aggregate.replay(self.registry.decode(e.event_type, e.schema_version, e.payload) for e in stored)  # type: ignore[misc]
+        await keys.prepare_payloads(e.payload for e in stored)
+        aggregate.replay(self.registry.decode(e.event_type, e.schema_version, e.payload, keys) for e in stored)  # type: ignore[misc]
         return aggregate
 
 

@@ -13,6 +13,7 @@ from tidings.messaging.envelope import Envelope
 
 if TYPE_CHECKING:
     from tidings.app.application import Application
+    from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["UnitOfWork", "PendingPublication"]
 
@@ -52,8 +53,10 @@ class UnitOfWork:
         loaded_versions: the version of each tracked aggregate when it was loaded (0 if new).
     """
 
-    def __init__(self, app: Application) -> None:
+    def __init__(self, app: Application, keys: SubjectKeys | None = None) -> None:
         self._app = app
+        #: The subject keys this unit has fetched (personal fields are opened and sealed with them).
+        self.keys = keys
         self._aggregates: dict[tuple[type[Aggregate], str], Aggregate] = {}
         self.loaded_versions: dict[tuple[type[Aggregate], str], int] = {}
         self.publications: list[PendingPublication] = []
@@ -76,7 +79,7 @@ class UnitOfWork:
         tracked = self._aggregates.get(key)
         if tracked is not None:
             return tracked  # type: ignore[return-value]
-        aggregate = await self._app.repository.load(aggregate_type, aggregate_id, tenant=self.tenant)
+        aggregate = await self._app.repository.load(aggregate_type, aggregate_id, self.keys, tenant=self.tenant)
         if aggregate is not None:
             self._track(key, aggregate)
         return aggregate

@@ -193,3 +193,5 @@ from tidings.cli.trace import trace as _trace  # noqa: E402  (tidings trace CORR
 app.command("trace")(_trace)
 from tidings.cli import contracts as _contracts  # noqa: E402,F401  (registers `tidings contracts export | lock | check | docs`)
 from tidings.cli import reconcile as _reconcile  # noqa: E402,F401  (registers `tidings reconcile`)
+from tidings.cli.subjects import subjects_app as _subjects_app  # noqa: E402  (tidings subjects forget|new-key)
+app.add_typer(_subjects_app, name="subjects")

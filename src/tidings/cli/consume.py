@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
@@ -20,7 +21,9 @@ from tidings.cli import _with_store
 from tidings.cli.loading import import_attribute
 from tidings.cli.workers import broker_when_up, stop_on_signals
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, ReplayRefused
+from tidings.messaging.personal import PersonalDataError, is_sealed
 from tidings.store import Store
+from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["consume", "dlq_app", "load_consumers"]
 
@@ -158,14 +161,27 @@ def dlq_show(
 ) -> None:
     """Everything about one dead letter: the message as received, the error and its traceback."""
 
-    async def work(store: Store) -> DeadLetter | None:
-        return await DeadLetters(store).get(row_id)
+    async def work(store: Store) -> tuple[DeadLetter | None, str]:
+        row = await DeadLetters(store).get(row_id)
+        if row is None or not is_sealed(row.payload):
+            return row, ""
+        # Personal fields are shown opened, or as masks once their subject is forgotten; without
+        # the master key the sealed payload is shown as stored, with the reason.
+        keys = SubjectKeys(store)
+        try:
+            await keys.prepare_payloads([row.payload], f"showing dead letter {row_id}")
+            opened = keys.open(row.payload, None, f"dead letter {row_id}")
+        except PersonalDataError as exc:
+            return row, f"personal fields shown sealed: {exc}"
+        return dataclasses.replace(row, payload=opened if isinstance(opened, bytes) else opened.encode()), ""
 
-    row = _with_store(database, work)
+    row, note = _with_store(database, work)
     if row is None:
         console.print(f"[red]error:[/red] there is no dead letter {row_id} — `tidings dlq list` shows the ids")
         raise typer.Exit(1)
     console.print(dead_letter_panel(row))
+    if note:
+        console.print(f"[yellow]note:[/yellow] {note}")
 
 
 @dlq_app.command("replay")

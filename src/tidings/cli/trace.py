@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.tree import Tree
 
 from tidings.store import Store
@@ -248,9 +249,10 @@ def _grow(parent: Tree, node: TraceNode) -> None:
 
 
 def _why(handling: Handling) -> str:
+    # Escaped: an error text is data (it may quote a mask like "[forgotten]"), not Rich markup.
     if handling.error and handling.error not in handling.reason:
-        return f"{handling.reason} — {handling.error}"
-    return handling.reason
+        return escape(f"{handling.reason} — {handling.error}")
+    return escape(handling.reason)
 
 
 def _aggregate(envelope: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from tidings.domain.errors import (
     WrongTenant,
 )
 from tidings.domain.messages import Command, DomainEvent, Message
+from tidings.domain.personal import Personal
 
 __all__ = [
     "Aggregate",
@@ -22,6 +23,7 @@ __all__ = [
     "EventSourcedAggregate",
     "InvalidArguments",
     "Message",
+    "Personal",
     "StateStoredAggregate",
     "TidingsError",
     "ValidationError",

@@ -10,13 +10,17 @@ from __future__ import annotations
 import difflib
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from tidings.domain.errors import ValidationError
 from tidings.domain.messages import Message
 from tidings.messaging.errors import IncompatibleVersion, MalformedMessage, UnknownMessageType
+from tidings.messaging.personal import PersonalDataError, is_sealed
+
+if TYPE_CHECKING:
+    from tidings.messaging.personal import KeyRing
 
 __all__ = ["MessageRegistry", "Upcaster", "registry_of"]
 
@@ -128,9 +132,20 @@ class MessageRegistry:
         """The message's payload as compact JSON bytes (no envelope)."""
         return _encoder.encode(message)
 
-    def decode(self, name: str, version: int, data: bytes | str) -> Message:
-        """Read a payload stored as ``name`` v``version`` into the current class, upcasting on the way."""
+    def decode(self, name: str, version: int, data: bytes | str, keys: KeyRing | None = None) -> Message:
+        """Read a payload stored as ``name`` v``version`` into the current class, upcasting on the way.
+
+        Sealed personal fields are opened with ``keys`` (prepared for this payload) first, so
+        upcasters and the typed decode see plaintext, or the mask of a forgotten subject.
+        """
         message_type = self.type_for(name)
+        if is_sealed(data):
+            if keys is None:
+                raise PersonalDataError(
+                    f"{name} holds sealed personal data but was decoded without subject keys; "
+                    "pass keys=SubjectKeys(store) after awaiting its prepare_payloads"
+                )
+            data = keys.open(data, message_type, name)
         current = message_type.message_version
         if version == current:
             try:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.errors import ValidationError
 from tidings.messaging.errors import MalformedMessage
+from tidings.messaging.personal import PersonalDataError, is_sealed
 from tidings.messaging.registry import _field_of, _reason_of
+
+if TYPE_CHECKING:
+    from tidings.messaging.personal import KeyRing
 
 __all__ = ["StateCodec"]
 
@@ -22,6 +26,7 @@ class StateCodec:
 
     def __init__(self, aggregate_class: type[Aggregate]) -> None:
         self._name = aggregate_class.__name__
+        self.aggregate_class = aggregate_class
         fields = []
         for name, hint in aggregate_class.state_fields().items():
             default = getattr(aggregate_class, name, None)
@@ -56,8 +61,13 @@ class StateCodec:
             raise ValidationError(str(exc) + hint, message_type=self._name) from None
         return data
 
-    def decode(self, data: bytes | str) -> dict[str, Any]:
-        """A state dict with each field of its declared type."""
+    def decode(self, data: bytes | str, keys: KeyRing | None = None) -> dict[str, Any]:
+        """A state dict with each field of its declared type; sealed personal fields opened with ``keys``."""
+        if is_sealed(data):
+            what = f"the state of {self.aggregate_class.aggregate_type}"
+            if keys is None:
+                raise PersonalDataError(f"{what} holds sealed personal data but was decoded without subject keys")
+            data = keys.open(data, self.aggregate_class, what)
         try:
             return msgspec.structs.asdict(self._decoder.decode(data))
         except msgspec.ValidationError as exc:

@@ -73,6 +73,7 @@ from tidings.messaging.contracts import topic_of
 from tidings.messaging.envelope import Envelope, MessageContext, utc_now
 from tidings.messaging.errors import MalformedMessage, MessageError, MessageTooLarge, UnknownMessageType
 from tidings.messaging.ids import new_id
+from tidings.messaging.personal import PersonalDataError, is_sealed, master_key, personal_fields, scrubbed
 from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.dead_letters import DeadLetter, DeadLetters, NewDeadLetter, importance_of
@@ -87,6 +88,7 @@ from tidings.runtime.shards import ShardOwnership, shard_of, shard_ownership
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, classify, is_transient, is_unavailable
 from tidings.store.names import component_name
+from tidings.store.subject_keys import SubjectKeys, check_master_key
 
 if TYPE_CHECKING:
     from tidings.app.application import Application, CommandResult
@@ -307,6 +309,10 @@ class _Item:
     error: BaseException | None = None
     trace: str = ""
     release: bool = False  # not a delivery: "replay or release this key's dead letters"
+    #: Holds sealed personal fields: decoded in its batch, once the batch's subject keys are fetched.
+    sealed: bool = False
+    #: The plaintext of its personal fields, scrubbed from error texts and tracebacks.
+    personal: tuple[str, ...] = ()
 
 
 class _ItemFailed(Exception):
@@ -487,6 +493,7 @@ class Consumer:
         """Consume until ``stop`` is set (or the task is cancelled); survives broker and database outages."""
         stop = stop or asyncio.Event()
         self._check_ready()
+        await self._check_master_key()
         self._reset_runtime()
         self._stop = stop
         if self.shards > 0:
@@ -529,6 +536,21 @@ class Consumer:
                 f"keeps held messages only {max_hold:g} s (max_hold) before delivering them elsewhere — "
                 "shorten the retries or raise the broker's max_hold"
             )
+
+    async def _check_master_key(self) -> None:
+        """A consumer of personal fields stops at start without the right master key, rather than dead-letter each message."""
+        if not any(personal_fields(self.registry.type_for(name)) for name in self._routes if name in self.registry):
+            return
+        what = f"consumer {self.name!r}, which handles personal fields,"
+        master_key(what)
+        try:
+            await check_master_key(self.store, what)  # type: ignore[arg-type]
+        except PersonalDataError:
+            raise
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # The database is not up yet: the run waits for it, and each batch checks its keys anyway.
 
     def _reset_runtime(self) -> None:
         self._lanes: dict[str, deque[_Item]] = {}
@@ -798,22 +820,49 @@ class Consumer:
         self._decode(item, envelope, delivery.payload)
         return item
 
-    def _decode(self, item: _Item, envelope: Envelope, payload: bytes) -> None:
+    def _decode(self, item: _Item, envelope: Envelope, payload: bytes, keys: SubjectKeys | None = None) -> None:
         name = envelope.event_type
         routes = self._routes.get(name)
         item.routes = [*routes, *self._any] if routes else self._any
+        if keys is None and is_sealed(payload):
+            item.sealed = True  # opened by _open_sealed, with the keys of its whole batch
+            return
         try:
             if name in self.registry:
-                item.event = self.registry.decode(name, envelope.schema_version, payload)
+                item.event = self.registry.decode(name, envelope.schema_version, payload, keys)
             elif self._any or routes:
-                item.event = msgspec.json.decode(payload)  # routed by name: the route reads plain data
+                # Routed by name: the route reads plain data (opened, when it holds personal fields).
+                item.event = msgspec.json.decode(keys.open(payload, None, name) if keys else payload)
             else:
                 raise UnknownMessageType(name, self.registry.names, envelope.schema_version)
+            if keys is not None:
+                item.personal = tuple(keys.values(payload))
         except msgspec.DecodeError as exc:
             self._condemn(item, MalformedMessage(name, f"not valid JSON ({exc})"))
         except Exception as exc:
             # Decoding the same bytes again gives the same answer: whatever went wrong, no retry helps.
             self._condemn(item, exc)
+
+    async def _open_sealed(self, items: list[_Item]) -> None:
+        """Decode the items holding personal fields, with their subject keys fetched in one query for the batch.
+
+        A forgotten subject's fields decode as their masks; a missing or wrong master key or a
+        tampered field condemns the message with the reason (replay it once that is fixed).
+        """
+        sealed = [item for item in items if item.sealed and item.verdict is None and item.envelope is not None]
+        if not sealed:
+            return
+        keys = SubjectKeys(self.store)
+        try:
+            await keys.prepare_payloads((item.delivery.payload for item in sealed), f"consumer {self.name}")
+        except PersonalDataError as exc:
+            for item in sealed:
+                self._condemn(item, exc)
+            return
+        for item in sealed:
+            assert item.envelope is not None
+            self._decode(item, item.envelope, item.delivery.payload, keys)
+            item.sealed = False
 
     def _condemn(self, item: _Item, error: BaseException) -> None:
         item.verdict = _Verdict("not retryable", _describe(error), _format_traceback(error), 0)
@@ -996,6 +1045,7 @@ class Consumer:
         dead_rows: list[NewDeadLetter] = []
         outcome: list[str] = []
         park = self.on_dead == "park"
+        await self._open_sealed(items)
         async with self.store.transaction():
             seen = await self._inbox(items)
             for item, what in zip(items, seen, strict=True):
@@ -1180,14 +1230,14 @@ class Consumer:
         """A handler of ``item`` raised: retry it now, later, or dead-letter it; its batch-mates run again."""
         item.failures += 1
         item.error = error
-        item.trace = _format_traceback(error)
+        item.trace = _scrubbed(item, _format_traceback(error))
         item.solo = True
         self.stats.retried += 1
         if isinstance(error, self.not_retryable):
-            item.verdict = _Verdict("not retryable", _describe(error), item.trace, item.failures)
+            item.verdict = _Verdict("not retryable", _scrubbed(item, _describe(error)), item.trace, item.failures)
         elif item.failures > self.retries.immediate + self.retries.delayed:
             item.verdict = _Verdict(
-                f"gave up after {item.failures} attempts", _describe(error), item.trace, item.failures
+                f"gave up after {item.failures} attempts", _scrubbed(item, _describe(error)), item.trace, item.failures
             )
         self._requeue(items)
         if item.verdict is None and item.failures > self.retries.immediate:
@@ -1359,6 +1409,7 @@ class Consumer:
             headers=dict(row.headers), payload=row.payload, attempt=1,
         )
         item = self._item(delivery, shard_of(row.key, max(1, self.shards)))
+        await self._open_sealed([item])
         error: BaseException | None = None
         for attempt in range(1 + self.retries.immediate):
             if item.verdict is not None:
@@ -1386,7 +1437,8 @@ class Consumer:
             text, trace, runs = item.verdict.error, item.verdict.traceback, 0
         else:
             assert error is not None
-            text, trace, runs = _describe(error), _format_traceback(error), 1 + self.retries.immediate
+            text, trace = _scrubbed(item, _describe(error)), _scrubbed(item, _format_traceback(error))
+            runs = 1 + self.retries.immediate
         why = "failed again when replayed" if row.status == "replay_requested" else "failed when released behind its key"
         await self._dead_letters.fail_again(row.id, text, trace, runs, why)  # type: ignore[union-attr]
         log.error("consumer %s: dead letter %d failed again when replayed: %s", self.name, row.id, text)
@@ -1495,6 +1547,11 @@ def _short(value: str, limit: int = 80) -> str:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _scrubbed(item: _Item, text: str) -> str:
+    """``text`` without the plaintext of the item's personal fields (a handler's error may quote them)."""
+    return scrubbed(text, item.personal) if item.personal else text
 
 
 def _format_traceback(error: BaseException) -> str:

@@ -27,12 +27,14 @@ import msgspec
 from tidings.domain.errors import TidingsError
 from tidings.messaging.envelope import Envelope, utc_now
 from tidings.messaging.ids import new_id
+from tidings.messaging.personal import is_sealed, scrubbed
 from tidings.runtime.backoff import Backoff
 from tidings.runtime.journal_reader import JournalBatch, JournalReader, JournalRow, first_after, journal_head
 from tidings.runtime.projection import REBUILD_SUFFIX, Projection, Target, _current, _Handler, _Session
 from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, is_permanent, is_transient
 from tidings.store.names import quoted
+from tidings.store.subject_keys import SubjectKeys
 
 __all__ = ["Projector", "ProjectionFailed", "ProjectionStatus", "RebuildProgress", "RebuildResult"]
 
@@ -376,15 +378,19 @@ class Projector:
             plain = not projection.needs_transaction
             handlers = run.handlers
             registry = projection.registry
+            # Personal fields are opened with this batch's subject keys, fetched in one query; a
+            # forgotten subject's fields read as their masks, so a rebuild forgets them too.
+            keys = SubjectKeys(self.store)
+            await keys.prepare_payloads(row.payload for row in batch.rows if row.event_type in handlers)
             for i, row in enumerate(batch.rows):
                 # Decoding and calling inline: this loop runs once per event of every rebuild.
                 handler = handlers[row.event_type]
                 try:
                     envelope = _envelope_decoder.decode(row.envelope)
-                    if row.schema_version == handler.event_type.message_version:
+                    if row.schema_version == handler.event_type.message_version and not is_sealed(row.payload):
                         event = _decoder_for(handler.event_type).decode(row.payload)
                     else:
-                        event = registry.decode(row.event_type, row.schema_version, row.payload)  # upcast
+                        event = registry.decode(row.event_type, row.schema_version, row.payload, keys)  # upcast, open
                     if plain:
                         if handler.wants_envelope:
                             handler.function(projection, event, envelope)
@@ -464,6 +470,13 @@ class Projector:
 
     async def _fail(self, run: _Run, row: JournalRow, cause: BaseException) -> None:
         failure = ProjectionFailed(run.projection.name, row.position, row.event_type, cause)
+        if is_sealed(row.payload):
+            # A handler's error may quote the personal values it was given: they stay out of the
+            # stored error and the log (the journal keeps them sealed; this copy would not be).
+            keys = SubjectKeys(self.store)
+            with contextlib.suppress(Exception):
+                await keys.prepare_payloads([row.payload])
+                failure.args = (scrubbed(str(failure), keys.values(row.payload)),)
         run.failed = True
         if run.target == "live":
             await self.store.run(

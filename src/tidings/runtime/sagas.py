@@ -41,6 +41,7 @@ import msgspec
 
 from tidings.app.application import DEFAULT_MAX_MESSAGE_BYTES
 from tidings.app.outgoing import command_topic, outbox_entry
+from tidings.messaging.personal import PersonalDataError, personal_fields
 from tidings.domain.errors import ConcurrencyError, TidingsError
 from tidings.domain.messages import Command, DomainEvent, Message
 from tidings.messaging.contracts import IntegrationEvent, partition_key_of, topic_of
@@ -947,6 +948,12 @@ class SagaRunner:
             source=source,
         )
         self.registry.validate(message)
+        if personal_fields(type(message)):
+            # A deadline row is not sealed (yet): refuse rather than keep personal data in plaintext.
+            raise PersonalDataError(
+                f"{message.message_name} has personal fields and cannot be scheduled as a deadline; "
+                "schedule a message that carries ids and let its handler load the personal data"
+            )
         return NewDeadline(
             deadline_id=deadline_id,
             saga_type=instance.saga_type,

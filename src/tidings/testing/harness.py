@@ -24,6 +24,7 @@ from tidings.app.application import Application, CommandResult
 from tidings.domain.messages import Command, DomainEvent, Message
 from tidings.messaging.contracts import IntegrationEvent
 from tidings.messaging.envelope import Envelope, MessageContext
+from tidings.store.subject_keys import SubjectKeys
 from tidings.messaging.registry import MessageRegistry
 from tidings.store import open_store
 from tidings.store.base import Store
@@ -90,8 +91,10 @@ class Harness:
             page = await self.store.read_journal(after)
             if not page:
                 return events
+            keys = SubjectKeys(self.store)
+            await keys.prepare_payloads(stored.payload for stored in page)
             for stored in page:
-                event = self.app.registry.decode(stored.event_type, stored.schema_version, stored.payload)
+                event = self.app.registry.decode(stored.event_type, stored.schema_version, stored.payload, keys)
                 events.append(event)  # type: ignore[arg-type]
             after = page[-1].position
 
@@ -154,20 +157,22 @@ class Harness:
     async def _published(self, topic: str | None) -> list[tuple[str, IntegrationEvent]]:
         rows = await self.store.read_outbox(_WHOLE_OUTBOX)
         out = []
+        keys = SubjectKeys(self.store)
+        await keys.prepare_payloads(row.payload for row in rows if row.id > self._outbox_after)
         for row in rows:
             if row.id <= self._outbox_after or (topic is not None and row.topic != topic):
                 continue
             envelope = msgspec.json.decode(row.envelope, type=Envelope)
-            event = self._decode_contract(envelope.event_type, envelope.schema_version, row.payload)
+            event = self._decode_contract(envelope.event_type, envelope.schema_version, row.payload, keys)
             out.append((row.topic, event))
         return out
 
-    def _decode_contract(self, name: str, version: int, payload: bytes) -> IntegrationEvent:
+    def _decode_contract(self, name: str, version: int, payload: bytes, keys: SubjectKeys) -> IntegrationEvent:
         if name in self.app.registry:
-            return self.app.registry.decode(name, version, payload)  # type: ignore[return-value]
+            return self.app.registry.decode(name, version, payload, keys)  # type: ignore[return-value]
         if name not in self._contracts:
             self._contracts.register(_contract_named(name, version))
-        return self._contracts.decode(name, version, payload)  # type: ignore[return-value]
+        return self._contracts.decode(name, version, payload, keys)  # type: ignore[return-value]
 
 
 def _field_names(message_type: type[Message]) -> list[str]:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tidings.messaging.personal import MASTER_KEY_ENV, MasterKey
 from tidings.messaging.redaction import redact_url
 from tidings.store import open_store
 from tidings.store.base import Store
@@ -101,14 +102,25 @@ async def tidings_postgres_store() -> AsyncIterator[Store]:
 
 @_fixture
 async def tidings_harness() -> AsyncIterator[HarnessFactory]:
-    """A factory of in-memory harnesses: ``h = await tidings_harness(build)``; all are closed after the test."""
+    """A factory of in-memory harnesses: ``h = await tidings_harness(build)``; all are closed after the test.
+
+    Without ``TIDINGS_MASTER_KEY`` in the environment, the test gets a fresh one (its store is
+    fresh too), so messages with personal fields are sealed and opened as in production.
+    """
     opened: list[Harness] = []
+    own_key = not os.environ.get(MASTER_KEY_ENV, "").strip()
+    if own_key:
+        os.environ[MASTER_KEY_ENV] = MasterKey.generate()
 
     async def open_harness(app_factory: AppFactory, *, store: Store | None = None) -> Harness:
         harness = await Harness.open(app_factory, store=store)
         opened.append(harness)
         return harness
 
-    yield open_harness
-    for harness in opened:
-        await harness.close()
+    try:
+        yield open_harness
+    finally:
+        if own_key:
+            os.environ.pop(MASTER_KEY_ENV, None)
+        for harness in opened:
+            await harness.close()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from tidings.domain import DomainEvent
+from typing import Annotated
 
-__all__ = ["InfringementDetected", "ReviewRequested", "InvestigationClosed"]
+from tidings.domain import DomainEvent, Personal
+
+__all__ = ["BuyerId", "InfringementDetected", "ReviewRequested", "InvestigationClosed"]
+
+#: The accused buyer's id is personal data of that buyer: sealed with their key, masked once forgotten.
+BuyerId = Annotated[str, Personal(subject="buyer_id")]
 
 
 class InfringementDetected(DomainEvent, name="compliance.InfringementDetected"):
@@ -12,7 +17,7 @@ class InfringementDetected(DomainEvent, name="compliance.InfringementDetected"):
 
     license_id: str
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     used: int
     allowed: int
     #: Who reported it: "licensing", or the partner feed the ACL translated it from.

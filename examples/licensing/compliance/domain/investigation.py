@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from examples.licensing.compliance.domain.events import InfringementDetected, InvestigationClosed, ReviewRequested
+from examples.licensing.compliance.domain.events import BuyerId, InfringementDetected, InvestigationClosed, ReviewRequested
 from examples.licensing.compliance.domain.identity import investigation_id_for
 from examples.licensing.compliance.domain.status import InvestigationStatus, Outcome
 from tidings.domain import DomainError, EventSourcedAggregate, applies
@@ -21,7 +21,7 @@ class Investigation(EventSourcedAggregate, name="compliance.Investigation"):
     status: InvestigationStatus = InvestigationStatus.NOT_OPENED
     license_id: str = ""
     asset_id: str = ""
-    buyer_id: str = ""
+    buyer_id: BuyerId = ""
     #: How many infringements this case has collected, across reopenings.
     infringements: int = 0
     #: The highest usage any report has shown, and the allowance it was measured against.

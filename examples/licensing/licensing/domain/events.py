@@ -6,9 +6,15 @@ translation is a pure function of the event and its envelope and never has to lo
 
 from __future__ import annotations
 
-from tidings.domain import DomainEvent
+from typing import Annotated
+
+from tidings.domain import DomainEvent, Personal
+
+#: A buyer's id is personal data of that buyer: sealed with their key, masked once they are forgotten.
+BuyerId = Annotated[str, Personal(subject="buyer_id")]
 
 __all__ = [
+    "BuyerId",
     "LicensableAssetRegistered",
     "LicenseOffered",
     "LicensePurchased",
@@ -29,7 +35,7 @@ class LicenseOffered(DomainEvent, name="licensing.LicenseOffered"):
     """An asset was offered to one buyer at a price with a usage allowance."""
 
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     price_cents: int
     currency: str
     allowed_uses: int
@@ -39,7 +45,7 @@ class LicensePurchased(DomainEvent, name="licensing.LicensePurchased"):
     """The buyer bought the offered license."""
 
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     price_cents: int
     currency: str
 
@@ -48,7 +54,7 @@ class UsageReported(DomainEvent, name="licensing.UsageReported"):
     """The buyer reported ``uses`` uses; ``used`` is the running total after this report."""
 
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     uses: int
     used: int
     allowed: int
@@ -58,6 +64,6 @@ class UsageExceededLicense(DomainEvent, name="licensing.UsageExceededLicense"):
     """A usage report left the running total past the allowance (recorded with, not instead of, the report)."""
 
     asset_id: str
-    buyer_id: str
+    buyer_id: BuyerId
     used: int
     allowed: int

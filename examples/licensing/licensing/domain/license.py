@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from examples.licensing.licensing.domain.events import (
+    BuyerId,
     LicenseOffered,
     LicensePurchased,
     UsageExceededLicense,
@@ -23,7 +24,7 @@ class License(StateStoredAggregate, name="licensing.License"):
     """
 
     asset_id: str = ""
-    buyer_id: str = ""
+    buyer_id: BuyerId = ""
     price_cents: int = 0
     currency: str = ""
     allowed_uses: int = 0
