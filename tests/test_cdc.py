@@ -13,8 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,42 +28,23 @@ from tidings.store import Store, open_store
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from faults.servers import PG_BIN, PostgresCluster  # noqa: E402
+from logical_cluster import PostgresCluster, fresh_database, logical_cluster  # noqa: E402
 
 from cdc_model import LEGACY_DDL, make_capture  # noqa: E402  (also what the CLI process imports)
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PostgresCluster]:
-    """A private PostgreSQL 15 with wal_level=logical for this module."""
-    if not (PG_BIN / "initdb").exists():
-        unavailable(f"PostgreSQL's initdb is not installed at {PG_BIN} (the CDC tests start a private logical cluster)")
-    root = Path(tempfile.mkdtemp(prefix="tidings-cdc-"))
-    root.chmod(0o755)
-    server = PostgresCluster(root / "pg", settings={"wal_level": "logical", "max_replication_slots": "20", "max_wal_senders": "20"})
-    asyncio.run(server.start())
-    try:
+    """A private PostgreSQL with wal_level=logical for this module."""
+    with logical_cluster("cdc") as server:
         yield server
-    finally:
-        asyncio.run(server.stop())
-        server.destroy()
 
 
 @pytest.fixture
 async def database(cluster: PostgresCluster) -> AsyncIterator[str]:
     """A fresh database in the private cluster with the legacy tables; its URL."""
-    name = f"cdc_{uuid.uuid4().hex[:10]}"
-    async with await psycopg.AsyncConnection.connect(cluster.url, autocommit=True) as conn:
-        await conn.execute(f'CREATE DATABASE "{name}"')  # a name made here, never from input
-    url = cluster.url.rsplit("/", 1)[0] + f"/{name}"
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        for statement in LEGACY_DDL:
-            await conn.execute(statement)
-    yield url
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
-    async with await psycopg.AsyncConnection.connect(cluster.url, autocommit=True) as conn:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with fresh_database(cluster, "cdc", LEGACY_DDL) as url:
+        yield url
 
 
 async def legacy(url: str, *statements: str) -> None:

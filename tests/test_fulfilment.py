@@ -11,8 +11,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,37 +31,21 @@ from tidings.messaging import MessageContext
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from faults.servers import PG_BIN, PostgresCluster  # noqa: E402
+from logical_cluster import PG_BIN, PostgresCluster, fresh_database, logical_cluster  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PostgresCluster]:
     """A private PostgreSQL with wal_level=logical for this module."""
-    if not (PG_BIN / "initdb").exists():
-        unavailable(f"PostgreSQL's initdb is not installed at {PG_BIN} (the fulfilment tests start a private logical cluster)")
-    root = Path(tempfile.mkdtemp(prefix="tidings-fulfilment-"))
-    root.chmod(0o755)
-    server = PostgresCluster(root / "pg", settings={"wal_level": "logical", "max_replication_slots": "20", "max_wal_senders": "20"})
-    asyncio.run(server.start())
-    try:
+    with logical_cluster("fulfilment") as server:
         yield server
-    finally:
-        asyncio.run(server.stop())
-        server.destroy()
 
 
 @pytest.fixture
 async def database(cluster: PostgresCluster) -> AsyncIterator[str]:
     """A fresh database in the private cluster; its URL."""
-    name = f"ful_{uuid.uuid4().hex[:10]}"
-    async with await psycopg.AsyncConnection.connect(cluster.url, autocommit=True) as conn:
-        await conn.execute(f'CREATE DATABASE "{name}"')  # a name made here, never from input
-    url = cluster.url.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
-    async with await psycopg.AsyncConnection.connect(cluster.url, autocommit=True) as conn:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with fresh_database(cluster, "ful") as url:
+        yield url
 
 
 def change(operation: str, old: dict[str, object] | None, new: dict[str, object] | None, table: str = "public.oms_orders") -> RowChange:

@@ -24,23 +24,25 @@ SERVERS = sorted(p.stem.removeprefix("server_") for p in HERE.glob("server_*.py"
 DURABLE_SERVERS = [name for name in SERVERS if getattr(importlib.import_module(f"server_{name}"), "SURVIVES_KILL", False)]
 
 
-@pytest.fixture(params=SERVERS)
-async def broker_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BrokerServer]:
-    """A running broker server of each kind (the conformance parameter)."""
-    module = importlib.import_module(f"server_{request.param}")
+async def _serve(name: str, tmp_path: Path) -> AsyncIterator[BrokerServer]:
+    """Start the server of ``server_<name>.py``, hand it over, close it afterwards."""
+    module = importlib.import_module(f"server_{name}")
     server: BrokerServer = await module.start(tmp_path)
     try:
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture(params=SERVERS)
+async def broker_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BrokerServer]:
+    """A running broker server of each kind (the conformance parameter)."""
+    async for server in _serve(request.param, tmp_path):
+        yield server
 
 
 @pytest.fixture(params=DURABLE_SERVERS)
 async def durable_broker_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BrokerServer]:
     """A running broker server of each kind that promises to survive a kill -9 with what it confirmed."""
-    module = importlib.import_module(f"server_{request.param}")
-    server: BrokerServer = await module.start(tmp_path)
-    try:
+    async for server in _serve(request.param, tmp_path):
         yield server
-    finally:
-        await server.close()
