@@ -40,11 +40,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CORRELATION_HEADER",
+    "CORRELATION_ID_PATTERN",
     "CommandContext",
     "CorrelationMiddleware",
     "TRACEPARENT_HEADER",
     "TidingsApplication",
     "UserSession",
+    "add_error_handlers",
     "command_context",
     "get_application",
     "get_session",
@@ -56,8 +58,10 @@ log = logging.getLogger("tidings.fastapi")
 
 CORRELATION_HEADER = "X-Correlation-ID"
 TRACEPARENT_HEADER = "traceparent"
-# A caller's correlation id ends up in every envelope and log line: a printable token of sane length.
-_CORRELATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+#: What a caller may send as X-Correlation-ID: it ends up in every envelope and log line, so a
+#: printable token of sane length (a UUID, a ULID, a gateway's request id).
+CORRELATION_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}"
+_CORRELATION_ID = re.compile(CORRELATION_ID_PATTERN)
 # W3C Trace Context, version 00: an unparseable traceparent is dropped (the spec says restart), not refused.
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
