@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from model import Counter, Increment, Incremented, License, LicensePurchaseConfirmed, OfferLicense, PurchaseLicense, make_app
 from relay_model import Tick, make_ticker_app
 from support import POSTGRES_URL, require_service
-from tidings import Application, ConcurrencyError, UnitOfWork
+from tidings import Application, Command, ConcurrencyError, UnitOfWork
 from tidings import joined
 from tidings.brokers.local import LocalBroker
 from tidings.joined import CannotJoin, NoTransaction, Outbox
@@ -288,3 +288,50 @@ async def test_a_users_sqlite_session_is_refused_with_the_reason(tmp_path: Path)
     finally:
         await engine.dispose()
         await store.close()
+
+
+async def test_a_failed_transaction_or_a_connection_with_its_own_rows_is_refused(pg: Pg) -> None:
+    from psycopg.rows import dict_row
+
+    app = make_app(pg.store)
+    license_id = await _offered(app)
+    command = PurchaseLicense(license_id=license_id, buyer="ada")
+    conn = await pg.psycopg_connection()
+    try:
+        # A transaction in which a statement already failed cannot commit anything: say so, write nothing
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            await conn.execute("SELECT * FROM no_such_table")
+        with pytest.raises(NoTransaction, match="roll it back"):
+            await joined.handle(app, command, connection=conn)
+        await conn.rollback()
+        # A connection whose rows are dicts: the store reads tuples, so it is refused with the fix
+        conn.row_factory = dict_row  # type: ignore[assignment]
+        with pytest.raises(NoTransaction, match="row factory"):
+            await joined.handle(app, command, connection=conn)
+    finally:
+        await conn.close()
+    assert (await app.load(License, license_id)).buyer is None
+
+
+class IssueInvoice(Command):
+    invoice_id: str
+
+
+async def test_sql_of_the_handler_own_stays_in_a_session_that_ran_nothing_yet(pg: Pg) -> None:
+    # Given a handler writing SQL of its own, and a session whose transaction began but sent nothing yet
+    app = make_app(pg.store)
+
+    @app.command_handler(IssueInvoice)
+    async def issue(command: IssueInvoice, uow: UnitOfWork) -> None:
+        await uow.execute("INSERT INTO invoices (id, buyer) VALUES (?, ?)", (command.invoice_id, "ada"))
+        uow.publish(LicensePurchaseConfirmed(license_id=command.invoice_id, buyer="ada"), key=command.invoice_id)
+
+    async with pg.sessions() as session:
+        with pytest.raises(RuntimeError, match="not today"):
+            async with session.begin():
+                await joined.handle(app, IssueInvoice(invoice_id="inv-9"), session=session)
+                raise RuntimeError("not today")
+    # Then the user's rollback took the handler's row and the outbox row with it (psycopg's own
+    # transaction block, opened on the idle connection, would have committed them)
+    assert await pg.invoices() == []
+    assert await pg.store.count("outbox") == 0

@@ -216,6 +216,11 @@ class PostgresStore:
         """
         if conn.closed:
             raise NoTransaction("the connection to join is closed; pass the connection of an open transaction")
+        if conn.row_factory is not tuple_row:
+            raise NoTransaction(
+                "the connection to join has a row factory of its own; tidings reads tuples: pass row_factory= to "
+                "your cursors instead of the connection"
+            )
         status = conn.info.transaction_status
         if status == TransactionStatus.INERROR:
             raise NoTransaction(
@@ -233,11 +238,6 @@ class PostgresStore:
             await conn.execute("SELECT 1")
         elif status != TransactionStatus.INTRANS:
             raise NoTransaction(f"the connection to join is busy ({status.name}); join it between statements")
-        if conn.row_factory is not tuple_row:
-            raise NoTransaction(
-                "the connection to join has a row factory of its own; tidings reads tuples: pass row_factory= to "
-                "your cursors instead of the connection"
-            )
         token = self._pinned.set(conn)
         lazy_token = self._lazy.set(None)  # the caller's transaction is the one every statement joins
         try:
