@@ -102,6 +102,24 @@ async def test_a_request_flows_through_the_relay_to_a_consumer_in_the_apps_proce
     assert [(e.correlation_id, e.aggregate_id) for e in seen] == [("order-42", license_id)]
 
 
+async def test_the_lifespan_stops_the_roles_it_started(store: Store) -> None:
+    # Given a service whose lifespan started a relay and a consumer
+    app = make_app(store)
+    mailer = Consumer("mailer", store, LocalBroker(store), topics=["licensing"], registry=app.registry)
+
+    @mailer.handler(LicensePurchaseConfirmed)
+    async def mail(event: LicensePurchaseConfirmed, ctx: HandlerContext) -> None:
+        pass
+
+    api = make_api(app, relay=Relay(store, LocalBroker(store)), consumers=[mailer])
+    async with api.router.lifespan_context(api):
+        running = {task.get_name() for task in asyncio.all_tasks()}
+        assert {"relay", "mailer"} <= running
+        assert mailer.subscribed
+    # When the app shuts down / then no task of theirs is left
+    assert not {"relay", "mailer"} & {task.get_name() for task in asyncio.all_tasks()}
+
+
 async def test_an_api_only_process_runs_no_roles(store: Store, client_of: Any) -> None:
     app = make_app(store)
     client = await client_of(make_api(app))
