@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
 import pytest
@@ -23,11 +23,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from model import Counter, Increment, Incremented, License, LicensePurchaseConfirmed, OfferLicense, PurchaseLicense, make_app
 from relay_model import Tick, make_ticker_app
 from support import POSTGRES_URL, require_service
-from tidings import Application, Command, ConcurrencyError, UnitOfWork
+from tidings import Application, Command, ConcurrencyError, IntegrationEvent, Personal, UnitOfWork
 from tidings import joined
 from tidings.brokers.local import LocalBroker
 from tidings.joined import CannotJoin, NoTransaction, Outbox
 from tidings.messaging import new_id
+from tidings.messaging.personal import MASTER_KEY_ENV, MasterKey
 from tidings.runtime import Relay
 from tidings.store import open_store
 from tidings.store.postgres import PostgresStore
@@ -335,3 +336,21 @@ async def test_sql_of_the_handler_own_stays_in_a_session_that_ran_nothing_yet(pg
     # transaction block, opened on the idle connection, would have committed them)
     assert await pg.invoices() == []
     assert await pg.store.count("outbox") == 0
+
+
+class BuyerWelcomed(IntegrationEvent, name="test.BuyerWelcomed"):
+    buyer_id: Annotated[str, Personal(subject="buyer_id", mask="[forgotten]")]
+    buyer_name: Annotated[str, Personal(subject="buyer_id", mask="[forgotten]")]
+
+
+async def test_personal_fields_published_in_the_users_transaction_are_sealed(pg: Pg, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a deployment's master key and a contract with personal fields
+    monkeypatch.setenv(MASTER_KEY_ENV, MasterKey.generate())
+    app = make_app(pg.store)
+    # When it is published in the user's transaction
+    async with pg.sessions() as session, session.begin():
+        await Outbox(app).add(BuyerWelcomed(buyer_id="ada-7", buyer_name="Ada Lovelace"), key="ada-7", session=session)
+    # Then the outbox holds no plaintext of them, and the subject's key committed with the row
+    [row] = await pg.store.read_outbox()
+    assert b"Ada Lovelace" not in row.payload and b"ada-7" not in row.payload
+    assert await pg.store.fetch("SELECT count(*) FROM tidings_subject_keys") == [(1,)]

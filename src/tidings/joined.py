@@ -25,8 +25,10 @@ from tidings.app.application import Application, CommandResult
 from tidings.app.outgoing import outbox_entry
 from tidings.domain.messages import Command, Message
 from tidings.messaging.envelope import Envelope, MessageContext
+from tidings.messaging.personal import personal_fields, subjects_of
 from tidings.store.lazy import NoTransaction
 from tidings.store.records import Changes
+from tidings.store.subject_keys import SubjectKeys
 
 if TYPE_CHECKING:
     import psycopg
@@ -89,16 +91,24 @@ async def publish(
     store = _postgres_store(app)
     conn = await driver_connection(session=session, connection=connection)
     app.registry.register(type(message))  # so what reads this outbox back can decode it
-    envelope, entry = outbox_entry(
-        message,
-        topic=topic or getattr(type(message), "topic", None) or message.message_name,
-        key=key,
-        source=app.name,
-        context=context,
-        partitions=app.partitions,
-        max_message_bytes=app.max_message_bytes,
-    )
     async with store.joined(conn):
+        keys = None
+        if personal_fields(type(message)):
+            # Personal fields are sealed like a unit of work's; a new subject's key commits with the row.
+            keys = SubjectKeys(store)
+            await keys.prepare_subjects(
+                subjects_of(message, message.message_name), f"{message.message_name}, which has personal fields,"
+            )
+        envelope, entry = outbox_entry(
+            message,
+            topic=topic or getattr(type(message), "topic", None) or message.message_name,
+            key=key,
+            source=app.name,
+            context=context,
+            partitions=app.partitions,
+            max_message_bytes=app.max_message_bytes,
+            keys=keys,
+        )
         await store.commit(Changes(outbox=[entry]))
     return envelope
 
