@@ -221,3 +221,35 @@ async def test_a_route_with_the_users_session_commits_their_rows_with_ours_or_ne
         await engine.dispose()
         await store.drop_schema()
         await store.close()
+
+
+async def test_a_session_that_fails_to_commit_is_the_requests_error_not_a_success() -> None:
+    # Given a route whose ORM row is only flushed by the commit after the handler returns
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    store = await open_store(POSTGRES_URL, schema=schema, migrate=True)
+    engine = create_async_engine(
+        POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"), connect_args={"options": f"-c search_path={schema}"}
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        api = make_api(make_app(store), sessions=async_sessionmaker(engine))
+
+        @api.post("/invoices/{invoice_id}")
+        async def invoice(invoice_id: str, session: AsyncSession = UserSession) -> dict[str, str]:
+            session.add(Invoice(id=invoice_id, buyer="ada"))
+            return {"ok": "yes"}
+
+        async with api.router.lifespan_context(api), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api, raise_app_exceptions=False), base_url="http://test"
+        ) as client:
+            assert (await client.post("/invoices/inv-1")).status_code == 200
+            # When the same id is sent again, its commit fails on the primary key
+            again = await client.post("/invoices/inv-1")
+        # Then the client is not told it worked
+        assert again.status_code == 500
+    finally:
+        await engine.dispose()
+        await store.drop_schema()  # type: ignore[attr-defined]
+        await store.close()

@@ -354,3 +354,18 @@ async def test_personal_fields_published_in_the_users_transaction_are_sealed(pg:
     [row] = await pg.store.read_outbox()
     assert b"Ada Lovelace" not in row.payload and b"ada-7" not in row.payload
     assert await pg.store.fetch("SELECT count(*) FROM tidings_subject_keys") == [(1,)]
+
+
+async def test_a_sqlalchemy_connection_works_like_a_session(pg: Pg) -> None:
+    app = make_app(pg.store)
+    license_id = await _offered(app)
+    # Outside begin(): refused
+    async with pg.engine.connect() as conn:
+        with pytest.raises(NoTransaction, match=r"connection\.begin\(\)"):
+            await joined.handle(app, PurchaseLicense(license_id=license_id, buyer="ada"), session=conn)
+    # Inside engine.begin(): committed with it
+    async with pg.engine.begin() as conn:
+        await conn.exec_driver_sql("INSERT INTO invoices (id, buyer) VALUES ('inv-10', 'ada')")
+        await joined.handle(app, PurchaseLicense(license_id=license_id, buyer="ada"), session=conn)
+    assert await pg.invoices() == ["inv-10"]
+    assert (await app.load(License, license_id)).buyer == "ada"
