@@ -34,6 +34,10 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
     "cdc": frozenset({"domain", "messaging", "store", "app", "cdc"}),
     # Contract tooling reads applications, consumers and sagas as wired (export, lock, check, docs).
     "contracts": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "contracts"}),
+    # Adoption edges: a command in the user's own transaction sits on the app layer; the FastAPI
+    # integration runs the runtime's roles in a web app and uses it.
+    "joined": frozenset({"domain", "messaging", "store", "app", "joined"}),
+    "fastapi": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "joined", "fastapi"}),
     # The users' test kit drives applications and runtimes, never the operator surfaces.
     "testing": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "testing"}),
     "dashboard": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "dashboard"}),

@@ -25,20 +25,18 @@ the platform is single-tenant.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from examples.licensing.compliance.infrastructure.api import MAX_BATCH_BYTES
 from examples.licensing.web import MAX_BODY_BYTES, error_responses, tenant_of
-from tidings.domain.errors import AggregateNotFound, ConcurrencyError, DomainError, ValidationError
-from tidings.messaging.errors import MessageError, MessageTooLarge
+from tidings.fastapi import CORRELATION_HEADER, CORRELATION_ID_PATTERN, CorrelationMiddleware, add_error_handlers
 from tidings.messaging.ids import new_id
 from tidings.messaging.redaction import redact_url, scrub
 
@@ -49,46 +47,8 @@ __all__ = ["CORRELATION_HEADER", "BodyLimitMiddleware", "CorrelationIdMiddleware
 
 log = logging.getLogger("examples.licensing.api")
 
-CORRELATION_HEADER = "X-Correlation-ID"
-# What a caller may send as a correlation id: it ends up in every envelope and in logs, so keep it
-# to a printable token of sane length (a UUID, a ULID, a request id from a gateway).
-_CORRELATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
-
-
-class CorrelationIdMiddleware:
-    """ASGI middleware: keep the caller's X-Correlation-ID or make one, expose it on request.state and the response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = Headers(scope=scope).get(CORRELATION_HEADER)
-        correlation_id = given.strip() if given and given.strip() else new_id()
-        scope.setdefault("state", {})["correlation_id"] = correlation_id
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                if CORRELATION_HEADER.lower() not in headers:
-                    headers.append(CORRELATION_HEADER, correlation_id)
-            await send(message)
-
-        if not _CORRELATION_ID.fullmatch(correlation_id):
-            # Refused before any route runs: a malformed id must not reach an envelope.
-            response = _error(
-                422,
-                "validation_error",
-                f"{CORRELATION_HEADER} must be 1 to 128 letters, digits or ._:- characters",
-                new_id(),
-                field=f"header.{CORRELATION_HEADER}",
-            )
-            scope["state"]["correlation_id"] = response.headers[CORRELATION_HEADER]
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send_with_header)
+#: The correlation middleware is tidings' own (keeps or makes the id, continues a traceparent).
+CorrelationIdMiddleware = CorrelationMiddleware
 
 
 class BodyLimitMiddleware:
@@ -142,7 +102,7 @@ async def _correlation_header(
         str | None,
         Header(
             alias=CORRELATION_HEADER,
-            pattern=f"^{_CORRELATION_ID.pattern}$",
+            pattern=f"^{CORRELATION_ID_PATTERN}$",
             description="your id for this request's flow (`tidings trace ID`); a new one is made without it",
         ),
     ] = None,
@@ -174,16 +134,8 @@ def create_app(platform: Platform) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, default=MAX_BODY_BYTES, by_path={"/compliance/partner-feed": MAX_BATCH_BYTES})
     app.add_middleware(CorrelationIdMiddleware)
 
-    @app.exception_handler(ValidationError)
-    async def validation_error(request: Request, exc: ValidationError) -> JSONResponse:
-        return _error(
-            422,
-            "validation_error",
-            str(exc),
-            correlation_id_of(request),
-            field=exc.field,
-            message_type=exc.message_type,
-        )
+    # tidings' errors (422 naming the field, 409, 404, 413) answer with the same body as ours.
+    add_error_handlers(app)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -194,35 +146,6 @@ def create_app(platform: Platform) -> FastAPI:
         first = problems[0] if problems else {"field": "body", "message": "invalid request"}
         detail = "; ".join(f"{p['field']}: {p['message']}" for p in problems) or "invalid request"
         return _error(422, "validation_error", detail, correlation_id_of(request), field=first["field"], errors=problems)
-
-    @app.exception_handler(AggregateNotFound)
-    async def not_found(request: Request, exc: AggregateNotFound) -> JSONResponse:
-        return _error(
-            404,
-            "not_found",
-            str(exc),
-            correlation_id_of(request),
-            aggregate_type=exc.aggregate_type,
-            aggregate_id=exc.aggregate_id,
-        )
-
-    @app.exception_handler(ConcurrencyError)
-    async def concurrency_error(request: Request, exc: ConcurrencyError) -> JSONResponse:
-        return _error(
-            409, "conflict", str(exc), correlation_id_of(request), aggregate_type=exc.aggregate_type, aggregate_id=exc.aggregate_id
-        )
-
-    @app.exception_handler(DomainError)
-    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
-        return _error(409, "domain_error", str(exc), correlation_id_of(request))
-
-    @app.exception_handler(MessageTooLarge)
-    async def too_large(request: Request, exc: MessageTooLarge) -> JSONResponse:
-        return _error(413, "message_too_large", str(exc), correlation_id_of(request))
-
-    @app.exception_handler(MessageError)
-    async def message_error(request: Request, exc: MessageError) -> JSONResponse:
-        return _error(422, "message_error", str(exc), correlation_id_of(request), field=getattr(exc, "field", None))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -202,6 +202,51 @@ class PostgresStore:
         return conn
 
     @asynccontextmanager
+    async def joined(self, conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+        """Within the block, this task's statements run on ``conn``, in the transaction its owner opened.
+
+        For a connection the user owns (their psycopg connection, or the one under their
+        SQLAlchemy session): a command handled or a message published inside the block writes
+        its journal, state and outbox rows on it, in a savepoint, and never commits or rolls back
+        the user's transaction: their commit publishes ours with theirs, their rollback leaves
+        nothing. The outbox trigger's NOTIFY is transactional, so a waiting relay wakes when the
+        user commits. ``conn`` must reach this store's tables (same database; its search_path
+        includes the store's schema) and keep psycopg's default tuple rows. NoTransaction if it
+        is in autocommit mode outside a transaction, or its transaction has failed.
+        """
+        if conn.closed:
+            raise NoTransaction("the connection to join is closed; pass the connection of an open transaction")
+        if conn.row_factory is not tuple_row:
+            raise NoTransaction(
+                "the connection to join has a row factory of its own; tidings reads tuples: pass row_factory= to "
+                "your cursors instead of the connection"
+            )
+        status = conn.info.transaction_status
+        if status == TransactionStatus.INERROR:
+            raise NoTransaction(
+                "the connection's transaction has failed (a statement raised inside it); roll it back and begin again"
+            )
+        if status == TransactionStatus.IDLE:
+            if conn.autocommit:
+                raise NoTransaction(
+                    "the connection to join is in autocommit mode outside a transaction, so each of our statements "
+                    "would commit on its own; open one first (async with conn.transaction(): …)"
+                )
+            # A non-autocommit connection begins implicitly with its first statement. Begin it now,
+            # so the checks below (and the commit's savepoint) see the transaction rather than open
+            # and commit one of their own.
+            await conn.execute("SELECT 1")
+        elif status != TransactionStatus.INTRANS:
+            raise NoTransaction(f"the connection to join is busy ({status.name}); join it between statements")
+        token = self._pinned.set(conn)
+        lazy_token = self._lazy.set(None)  # the caller's transaction is the one every statement joins
+        try:
+            yield
+        finally:
+            self._lazy.reset(lazy_token)
+            self._pinned.reset(token)
+
+    @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         conn = self._pinned.get()
         if conn is not None:
