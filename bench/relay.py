@@ -108,31 +108,38 @@ def hand_variant(target: Target) -> str:
 
 
 async def hand_written_drain(
-    fresh: FreshStore, target: Target, batch_size: int, advance: Callable[[int], None] | None = None
+    fresh: FreshStore,
+    target: Target,
+    batch_size: int,
+    advance: Callable[[int], None] | None = None,
+    conn: psycopg.AsyncConnection[Any] | None = None,
 ) -> tuple[int, int]:
-    """Drain the outbox as a hand-written relay would; returns (messages confirmed, publishes failed)."""
+    """Drain the outbox as a hand-written relay would (on `conn` if given); returns (messages confirmed, publishes failed)."""
+    if conn is None:
+        async with await fresh.connect() as own:
+            return await hand_written_drain(fresh, target, batch_size, advance, own)
     variant = hand_variant(target)
     confirmed = failed = 0
-    async with await fresh.connect() as conn:
-        while True:
-            async with conn.transaction():
-                cur = await conn.execute(HAND_CLAIM, (batch_size,))
-                rows = await cur.fetchall()
-                if not rows:
-                    return confirmed, failed
-                messages = [
-                    OutgoingMessage(
-                        topic=topic, key=key, partition=partition, event_id=event_id,
-                        headers=envelope_to_headers(envelope.encode()), payload=payload.encode(),
-                    )
-                    for _, topic, partition, key, event_id, envelope, payload in rows
-                ]  # fmt: skip
-                result = await target.raw_publish(messages, variant, len(messages), advance)
-                confirmed, failed = confirmed + result.confirmed, failed + result.failed
-                if result.failed:
-                    # A hand-written relay would roll back and retry; here a failure ends the run (and `_check` fails it).
-                    return confirmed, failed
-                await conn.execute(HAND_MARK, ([row[0] for row in rows],))
+    # The loop a user writes: one transaction per batch until a claim comes back empty.
+    while True:
+        async with conn.transaction():
+            cur = await conn.execute(HAND_CLAIM, (batch_size,))
+            rows = await cur.fetchall()
+            if not rows:
+                return confirmed, failed
+            messages = [
+                OutgoingMessage(
+                    topic=topic, key=key, partition=partition, event_id=event_id,
+                    headers=envelope_to_headers(envelope.encode()), payload=payload.encode(),
+                )
+                for _, topic, partition, key, event_id, envelope, payload in rows
+            ]  # fmt: skip
+            result = await target.raw_publish(messages, variant, len(messages), advance)
+            confirmed, failed = confirmed + result.confirmed, failed + result.failed
+            if result.failed:
+                # A hand-written relay would roll back and retry; here a failure ends the run (and `_check` fails it).
+                return confirmed, failed
+            await conn.execute(HAND_MARK, ([row[0] for row in rows],))
 
 
 def _check(who: str, rows: int, *, delivered: int, in_broker: int | None, backlog: int = 0, failed: int = 0) -> None:
