@@ -11,14 +11,22 @@ a consumer group, records when each event arrives (acks run as tasks of their ow
 delay the next receipt). Latency = arrival − the moment the store's commit statement returned
 (stamped by a wrapper around this store's `commit`), matched by event id. `ours` is its p99.
 
-`raw`: the broker's latency floor: the same number of messages of the same size and headers,
+`raw`: the pipeline a user would otherwise write, at the same offered rate: each message is one
+INSERT into an outbox table (a schema of its own, the same row shape) with a `pg_notify` in the
+same statement (atomic, one round trip; the time is stamped when it returns, as ours' commit is);
+a listener in this process wakes on the notification, claims with `FOR UPDATE SKIP LOCKED` in
+batches, publishes them pipelined with the native client and marks them delivered (bench relay's
+hand-written relay); a native subscriber records arrivals. `raw` is its p99 (`raw_p99_ms`) and
+`p99_ratio` = ours p99 / raw p99 (goal ≤ 1.5).
+
+`floor`: the broker's latency floor: the same number of messages of the same size and headers,
 published at the same offered rate with the native client (one publish per message, its
 confirmation awaited, many in flight), consumed with the native client's lowest-latency consumer
 (NATS: a push consumer; Redis: XREADGROUP on the same streams). Latency = arrival − the moment the
-publish started. `raw` is its p99; `ratio` = raw p99 / ours p99 (1.0 = tidings adds nothing to the
-broker's own latency; lower = tidings adds more).
+publish started; its figures are `floor_*`, and `floor_ratio` = floor p99 / ours p99 (1.0 = tidings
+adds nothing to the broker's own latency; lower = tidings adds more).
 
-Both run `--rounds` times, alternating which goes first, each round with the same warm-up and a
+All three run `--rounds` times, the order reversed every other round, each round with the same warm-up and a
 share of the measured seconds; percentiles are over all rounds. A contender that lost a message
 fails the benchmark.
 """
@@ -40,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from bench.brokers_raw import (
     DEFAULT_POSTGRES_URL,
@@ -57,6 +66,7 @@ from bench.brokers_raw import (
     wait_for_relays,
 )
 from bench.harness import Progress
+from bench.relay import hand_written_drain
 from tidings.app import Application, UnitOfWork
 from tidings.domain import Command, DomainEvent, StateStoredAggregate, applies
 from tidings.messaging import Envelope, IntegrationEvent
@@ -225,6 +235,12 @@ async def wait_for_arrivals(expected: set[str], arrived: dict[str, float], timeo
         await asyncio.sleep(0.02)
 
 
+def check_arrivals(who: str, sent: int, missing: int) -> None:
+    """Fail the benchmark when a contender's subscriber did not receive every message it sent (its latency would mean nothing)."""
+    if missing:
+        raise SystemExit(f"bench e2e: {who} lost {missing:,} of {sent:,} message(s) (not received within 15 s), so its latency means nothing")
+
+
 def latencies(sent: dict[str, float], arrived: dict[str, float]) -> tuple[list[float], int]:
     """Arrival minus commit (or send) per event; and how many arrived before the call had returned (clamped to 0)."""
     values, early = [], 0
@@ -274,42 +290,62 @@ async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         except BaseException:
             await fresh.close()
             raise
-    ours_rounds: list[dict[str, Any]] = []
-    raw_rounds: list[dict[str, Any]] = []
+    pipe_fresh: FreshStore | None = None
+    rounds: dict[str, list[dict[str, Any]]] = {"ours": [], "pipeline": [], "floor": []}
     try:
-        # Ours and raw alternate (raw first every other round), each round with the same warm-up and
-        # a share of the measured seconds, so a slow phase of the machine falls on both alike.
+        pipe_fresh = await FreshStore.open(args.database_url, f"bench_e2e_{run_tag}_pipe", pool=1)
+        # The three alternate (order reversed every other round), each round with the same warm-up
+        # and a share of the measured seconds, so a slow phase of the machine falls on all alike.
         for round_no in range(args.rounds):
-            order = ("ours", "raw") if round_no % 2 == 0 else ("raw", "ours")
+            order = list(rounds) if round_no % 2 == 0 else list(reversed(rounds))
             for contender in order:
+                tag = f"{run_tag}.r{round_no}"
                 if contender == "ours":
-                    ours_rounds.append(await _ours(args, progress, fresh, target, f"{run_tag}.r{round_no}", logs_dir))
+                    rounds["ours"].append(await _ours(args, progress, fresh, target, tag, logs_dir))
+                elif contender == "pipeline":
+                    rounds["pipeline"].append(await _pipeline(args, progress, pipe_fresh, target, tag))
                 else:
-                    raw_rounds.append(await _raw(args, progress, target, f"{run_tag}.r{round_no}"))
-        ours, raw = _combine(ours_rounds, ""), _combine(raw_rounds, "raw_")
+                    rounds["floor"].append(await _floor(args, progress, target, tag))
+        ours = _combine(rounds["ours"], "")
+        raw = _combine(rounds["pipeline"], "raw_")
+        floor = _combine(rounds["floor"], "floor_")
         # Latency of messages that never arrived cannot be measured: a contender that lost any fails.
-        for who, missing in (("ours", ours["missing"]), ("raw", raw["raw_missing"])):
-            if missing:
-                raise SystemExit(f"bench e2e: {who} lost {missing} message(s) (not received within 15 s), so its latency means nothing")
+        check_arrivals("ours", ours["delivered"] + ours["missing"], ours["missing"])
+        check_arrivals("the raw pipeline", raw["raw_delivered"] + raw["raw_missing"], raw["raw_missing"])
+        check_arrivals("the broker floor", floor["floor_delivered"] + floor["floor_missing"], floor["floor_missing"])
     finally:
         with progress.task("cleaning up", total=1):
             try:
                 await target.close()
             finally:
                 await fresh.close()
+                if pipe_fresh is not None:
+                    await pipe_fresh.close()
                 shutil.rmtree(logs_dir, ignore_errors=True)
-    ours_p99, raw_p99 = ours["p99_ms"], raw["raw_p99_ms"]
+    ours_p99, raw_p99, floor_p99 = ours["p99_ms"], raw["raw_p99_ms"], floor["floor_p99_ms"]
     return {
         "name": NAME,
         "units": "ms (p99, commit → consumer)",
         "ours": ours_p99,
         "raw": raw_p99,
         "ratio": round(raw_p99 / ours_p99, 3) if ours_p99 else None,
-        "ratio_is": "raw p99 / ours p99: 1.0 = no latency added over the broker's own; lower = more added",
-        "goal": f"p99 <= {GOAL_P99_MS:g} ms at {GOAL_RATE:g}/s",
-        "goal_met": ours_p99 <= GOAL_P99_MS and ours["achieved_rate"] >= 0.98 * GOAL_RATE and ours["missing"] == 0,
+        "ratio_is": "raw pipeline p99 / ours p99 (higher is better; 1.0 = as fast as the hand-written pipeline)",
+        "p99_ratio": round(ours_p99 / raw_p99, 3) if raw_p99 else None,
+        "p99_ratio_is": "ours p99 / raw pipeline p99 (goal <= 1.5)",
+        "floor_ratio": round(floor_p99 / ours_p99, 3) if ours_p99 else None,
+        "floor_ratio_is": "broker floor p99 / ours p99: 1.0 = no latency added over the broker's own; lower = more added",
+        "goal": f"p99 <= 1.5 x the raw pipeline's, and p99 <= {GOAL_P99_MS:g} ms at {GOAL_RATE:g}/s",
+        "goal_met": (
+            ours_p99 <= 1.5 * raw_p99 and ours_p99 <= GOAL_P99_MS and ours["achieved_rate"] >= 0.98 * GOAL_RATE and ours["missing"] == 0
+        ),
         **ours,
         **raw,
+        **floor,
+        "raw_does": (
+            "INSERT into an outbox table + pg_notify in one statement (stamped when it returns); a LISTENing task claims "
+            "FOR UPDATE SKIP LOCKED in batches of --batch-size, publishes them pipelined with the native client, marks "
+            "them delivered (bench relay's hand-written relay); a native subscriber receives"
+        ),
         "broker": args.broker,
         "store": args.store,
         "offered_rate": args.rate,
@@ -323,6 +359,7 @@ async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         ),
         "consumer": "in this process, through the tidings adapter's subscribe() as a consumer group; acks as tasks",
         "raw_consumer": "NATS: native push consumer" if args.broker == "nats" else "Redis: native XREADGROUP on the same 32 streams",
+        "floor_does": "the native client publishes each message at the offered rate, confirmation awaited; no database",
         "rounds": args.rounds,
         "load_average_before": [round(x, 2) for x in load_before],
         "versions": {"python": platform.python_version(), "psycopg": psycopg.__version__},
@@ -336,7 +373,7 @@ def _combine(rounds: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
     combined: dict[str, Any] = dict(rounds[-1])
     stats = percentiles(values)
     combined.update({f"{prefix}{name}": value for name, value in stats.items()})
-    for name in ("missing", "late_starts", "commands", "command_failures", "delivered", "arrived_before_commit_stamp"):
+    for name in ("missing", "late_starts", "commands", "command_failures", "delivered", "arrived_before_commit_stamp", "failures"):
         if f"{prefix}{name}" in combined:
             combined[f"{prefix}{name}"] = sum(r[f"{prefix}{name}"] for r in rounds)
     rate_key = f"{prefix}achieved_rate"
@@ -449,8 +486,8 @@ async def _ours(
     }
 
 
-async def _raw(args: argparse.Namespace, progress: Progress, target: Target, run_tag: str) -> dict[str, Any]:
-    topic = f"bench.e2e.{run_tag}.raw"
+async def _floor(args: argparse.Namespace, progress: Progress, target: Target, run_tag: str) -> dict[str, Any]:
+    topic = f"bench.e2e.{run_tag}.floor"
     warm, count = int(args.rate * args.warmup), int(args.rate * args.seconds / args.rounds)
     with progress.task("building raw messages", total=1):
         messages = [outgoing(e) for e in make_entries(warm + count, topic, partition_keys(args.keys), seed=3)]
@@ -468,10 +505,10 @@ async def _raw(args: argparse.Namespace, progress: Progress, target: Target, run
             return call
 
         if warm:
-            with progress.task("raw: warming up", total=warm):
+            with progress.task("floor: warming up", total=warm):
                 warmed = await offer(warm, args.rate, call_from(0), max_in_flight=args.max_in_flight, advance=progress.advance, stamp="before")
                 await wait_for_arrivals(set(warmed.done_at), arrived, 15)
-        with progress.task(f"raw: {args.rate:g} messages/s for {args.seconds / args.rounds:g} s", total=count):
+        with progress.task(f"floor: {args.rate:g} messages/s for {args.seconds / args.rounds:g} s", total=count):
             offered = await offer(count, args.rate, call_from(warm), max_in_flight=args.max_in_flight, advance=progress.advance, stamp="before")
         with progress.task("raw: waiting for the last arrivals", total=1):
             await wait_for_arrivals(set(offered.done_at), arrived, 15)
@@ -482,11 +519,105 @@ async def _raw(args: argparse.Namespace, progress: Progress, target: Target, run
     stats = percentiles(values)
     return {
         "_values": values,
+        "floor_p50_ms": stats["p50_ms"],
+        "floor_p99_ms": stats["p99_ms"],
+        "floor_max_ms": stats["max_ms"],
+        "floor_achieved_rate": round(offered.rate, 1),
+        "floor_delivered": len(values),
+        "floor_missing": len(offered.done_at) - len(values),
+        "floor_late_starts": offered.late_starts,
+        "floor_payload_bytes": round(sum(len(m.payload) for m in messages) / len(messages), 1),
+    }
+
+
+_PIPE_INSERT = (
+    "WITH row AS (INSERT INTO tidings_outbox (event_id, partition, partition_key, topic, event_type, envelope, payload) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING 1) SELECT pg_notify(%s, '') FROM row"
+)
+
+
+async def _pipeline(
+    args: argparse.Namespace, progress: Progress, pipe_fresh: FreshStore, target: Target, run_tag: str
+) -> dict[str, Any]:
+    """The raw pipeline: insert + notify → a listener that claims and publishes natively → a native subscriber."""
+    topic = f"bench.e2e.{run_tag}.pipeline"
+    channel = f"bench_e2e_{run_tag.replace('.', '_')}"
+    warm, count = int(args.rate * args.warmup), int(args.rate * args.seconds / args.rounds)
+    await target.prepare_topic(topic)
+    with progress.task("building pipeline rows", total=1):
+        entries = make_entries(warm + count, topic, partition_keys(args.keys), seed=4)
+        rows = [
+            (e.event_id, e.partition, e.partition_key, e.topic, e.event_type, e.envelope.decode(), e.payload.decode(), channel)
+            for e in entries
+        ]
+    arrived: dict[str, float] = {}
+    stop_subscriber = await target.raw_consumer(topic, lambda event_id: arrived.__setitem__(event_id, time.perf_counter()))
+    pool = AsyncConnectionPool(
+        pipe_fresh.url, min_size=args.pool, max_size=args.pool, open=False,
+        kwargs={"autocommit": True, "options": f"-c search_path={pipe_fresh.schema}"},
+    )  # fmt: skip
+    await pool.open(wait=True, timeout=10)
+    listen_conn = await pipe_fresh.connect()
+    claim_conn = await pipe_fresh.connect()
+    await listen_conn.execute(f"LISTEN {channel}")
+    wake = asyncio.Event()
+    failures = 0
+
+    async def listen() -> None:
+        async for _ in listen_conn.notifies():
+            wake.set()
+
+    async def relay() -> None:
+        nonlocal failures
+        while True:
+            await wake.wait()
+            wake.clear()
+            _, failed = await hand_written_drain(pipe_fresh, target, args.batch_size, None, claim_conn)
+            failures += failed
+
+    loop = asyncio.get_running_loop()
+    listener, relayer = loop.create_task(listen()), loop.create_task(relay())
+    try:
+
+        def call_from(offset: int) -> Callable[[int], Awaitable[str]]:
+            async def call(i: int) -> str:
+                row = rows[offset + i]
+                async with pool.connection() as conn:
+                    await conn.execute(_PIPE_INSERT, row)
+                return str(row[0])
+
+            return call
+
+        if warm:
+            with progress.task("raw pipeline: warming up", total=warm):
+                warmed = await offer(warm, args.rate, call_from(0), max_in_flight=args.max_in_flight, advance=progress.advance)
+                await wait_for_arrivals(set(warmed.done_at), arrived, 15)
+        with progress.task(f"raw pipeline: {args.rate:g} inserts/s for {args.seconds / args.rounds:g} s", total=count):
+            offered = await offer(count, args.rate, call_from(warm), max_in_flight=args.max_in_flight, advance=progress.advance)
+        with progress.task("raw pipeline: waiting for the last arrivals", total=1):
+            await wait_for_arrivals(set(offered.done_at), arrived, 15)
+    finally:
+        listener.cancel()
+        relayer.cancel()
+        await asyncio.gather(listener, relayer, return_exceptions=True)
+        await stop_subscriber()
+        await listen_conn.close()
+        await claim_conn.close()
+        await pool.close()
+        await target.drop_topic(topic)
+        await pipe_fresh.store.run("TRUNCATE tidings_outbox")
+    values, _ = latencies(offered.done_at, arrived)
+    stats = percentiles(values)
+    return {
+        "_values": values,
         "raw_p50_ms": stats["p50_ms"],
         "raw_p99_ms": stats["p99_ms"],
         "raw_max_ms": stats["max_ms"],
         "raw_achieved_rate": round(offered.rate, 1),
+        "raw_commands": len(offered.call_latencies),
+        "raw_command_failures": offered.failures,
+        "raw_delivered": len(values),
         "raw_missing": len(offered.done_at) - len(values),
         "raw_late_starts": offered.late_starts,
-        "raw_payload_bytes": round(sum(len(m.payload) for m in messages) / len(messages), 1),
+        "raw_failures": failures,
     }

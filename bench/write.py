@@ -11,6 +11,11 @@ same size). PostgreSQL: psycopg 3 async, a pool of N connections, the writes as 
 CTEs (`--raw-write pipeline` for BEGIN/INSERTs/COMMIT in pipeline mode, which measured slower).
 SQLite: stdlib sqlite3 on one connection with the store's settings (WAL, synchronous=NORMAL...).
 `raw_insert_only` is the pure write limit for reference: the same rows, no read (state in memory).
+`limit` (PostgreSQL, when pgbench is installed): the server's own C client, `pgbench`, running the
+raw insert-only statement (same columns, JSON of the same sizes) from a custom script with the same
+number of clients, in the same rounds: what the database does when no Python runs at all.
+Client CPU (time.process_time of this process around each measured section) is reported per
+command for ours and raw; pgbench's CPU is in another process and not counted.
 
 Each contender has its own fresh database (a PostgreSQL schema, or a SQLite file) migrated with
 tidings' own migrations, and they run in alternating rounds so a slow phase of the machine hits
@@ -23,9 +28,12 @@ import argparse
 import cProfile
 import os
 import platform
+import re
 import shutil
 import sqlite3
+import subprocess
 import tempfile
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -377,6 +385,102 @@ class RawSqlite:
         self._write(usage_rows(license_id, n, version, state, self.persistence))
 
 
+# --- the limit: pgbench, the server's own C client, running the same statement -------------------
+
+#: Where Debian's PostgreSQL 15 puts pgbench (not on PATH); PATH is tried first.
+PGBENCH_FALLBACK = "/usr/lib/postgresql/15/bin/pgbench"
+
+
+def find_pgbench() -> str | None:
+    """The pgbench executable, or None when it is not installed."""
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    return PGBENCH_FALLBACK if os.access(PGBENCH_FALLBACK, os.X_OK) else None
+
+
+def _literal(value: Any) -> str:
+    """`value` as an SQL literal for the pgbench script."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def pgbench_script(persistence: Persistence) -> str:
+    """A pgbench script: raw insert-only's statement per transaction, on a per-client stream whose version counts up.
+
+    The JSON is one sample of the rows raw writes (same sizes); ids that must be unique come from
+    gen_random_uuid(); the version is a per-client variable (`-D v=1`), so no two clients collide.
+    """
+    sample = license_ids(1)[0]
+    _, state = offer_rows(sample, 0, persistence)
+    rows = usage_rows(sample, 1, 1, state, persistence)
+    j, o = rows.journal, rows.outbox
+    assert o is not None
+    journal = (
+        f"INSERT INTO tidings_journal (stream_id, stream_version, event_id, event_type, schema_version, occurred_at, "
+        f"correlation_id, envelope, payload) VALUES ('{AGGREGATE_TYPE}:pgbench-' || :client_id, :v, gen_random_uuid(), "
+        f"{_literal(j[3])}, 1, now(), {_literal(j[6])}, {_literal(j[7])}, {_literal(j[8])})"
+    )
+    outbox = (
+        "INSERT INTO tidings_outbox (event_id, partition, partition_key, topic, event_type, envelope, payload) "
+        f"VALUES (gen_random_uuid(), {o[1]}, {_literal(o[2])}, {_literal(o[3])}, {_literal(o[4])}, {_literal(o[5])}, {_literal(o[6])})"
+    )
+    parts = [journal]
+    if rows.state is not None:
+        parts.append(
+            "INSERT INTO tidings_aggregate_state (aggregate_type, aggregate_id, version, state) "
+            f"VALUES ({_literal(AGGREGATE_TYPE)}, 'pgbench-' || :client_id, :v, {_literal(rows.state[3])}) "
+            "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version, "
+            "state = excluded.state, updated_at = now()"
+        )
+    parts.append(outbox)
+    *ctes, last = parts
+    sql = "".join(f"{'WITH' if i == 0 else ','} w{i} AS ({text}) " for i, text in enumerate(ctes)) + last
+    return f"{sql};\n\\set v :v + 1\n"
+
+
+_TPS = re.compile(r"number of transactions actually processed: (\d+)")
+
+
+@dataclass
+class Pgbench:
+    """Runs the pgbench script against the limit's schema; keeps each client's version counter across rounds."""
+
+    executable: str
+    database_url: str
+    schema: str
+    script: str
+    clients: int
+    done_per_client: int = 0
+
+    def run(self, transactions: int) -> tuple[int, float]:
+        """Run `transactions` (rounded down to a multiple of the clients); returns (transactions done, wall seconds)."""
+        per_client = max(1, transactions // self.clients)
+        env = {**os.environ, "PGOPTIONS": f"-c search_path={self.schema}"}
+        command = [
+            self.executable, "--no-vacuum", "-n", "-c", str(self.clients), "-j", str(min(self.clients, os.cpu_count() or 1)),
+            "-t", str(per_client), "-D", f"v={self.done_per_client + 1}", "-f", self.script, self.database_url,
+        ]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+        found = _TPS.search(done.stdout)
+        if done.returncode != 0 or found is None:
+            raise SystemExit(f"bench write: pgbench failed ({done.returncode}): {(done.stderr or done.stdout)[-800:]}")
+        self.done_per_client += per_client
+        return int(found.group(1)), seconds
+
+
+def check_limit_rows(expected: int, facts: dict[str, Any]) -> None:
+    """Fail the benchmark when pgbench did not write one journal and one outbox row per transaction it reported."""
+    problems = [f"{facts[k]:,} {k.replace('_', ' ')}" for k in ("journal_rows", "outbox_rows") if facts[k] != expected]
+    if problems:
+        raise SystemExit(f"bench write: the pgbench limit reported {expected:,} transactions but wrote {', '.join(problems)}")
+
+
 # --- databases ------------------------------------------------------------------------------------
 
 
@@ -387,17 +491,18 @@ class Databases:
     ours: Store
     raw: RawPostgres | RawSqlite
     insert_only: RawPostgres | RawSqlite
+    limit: Pgbench | None
     describe: str
     inspect: Callable[[str], Awaitable[dict[str, Any]]]
     cleanup: Callable[[], Awaitable[None]]
 
 
-_LABELS = ("ours", "raw", "insert_only")
+_LABELS = ("ours", "raw", "insert_only", "limit")
 
 
 async def _open_sqlite(args: argparse.Namespace) -> Databases:
     directory = tempfile.mkdtemp(prefix="tidings-bench-write-")
-    paths = {label: os.path.join(directory, f"{label}.db") for label in _LABELS}
+    paths = {label: os.path.join(directory, f"{label}.db") for label in _LABELS[:3]}
     ours = await open_store(f"sqlite:///{paths['ours']}")
     for label in ("raw", "insert_only"):
         # tidings' own migration creates the raw contenders' tables, so the DDL is identical.
@@ -421,7 +526,7 @@ async def _open_sqlite(args: argparse.Namespace) -> Databases:
         shutil.rmtree(directory, ignore_errors=True)
 
     settings = ", ".join(f"{name}={value}" for name, value in pragmas.items())
-    return Databases(ours, raw, insert_only, f"sqlite temp files in {directory} (removed); {settings}", inspect, cleanup)
+    return Databases(ours, raw, insert_only, None, f"sqlite temp files in {directory} (removed); {settings}", inspect, cleanup)
 
 
 async def _open_postgres(args: argparse.Namespace) -> Databases:
@@ -444,6 +549,16 @@ async def _open_postgres(args: argparse.Namespace) -> Databases:
         pools.append(pool)
         raws[label] = RawPostgres(pool, args.persistence, args.retries, args.raw_write)
 
+    limit = None
+    pgbench = find_pgbench()
+    script_dir = tempfile.mkdtemp(prefix="tidings-bench-write-pgbench-")
+    if pgbench is not None:
+        await (await open_store(args.database_url, schema=schemas["limit"], migrate=True)).close()
+        script = os.path.join(script_dir, "write.sql")
+        with open(script, "w") as out:
+            out.write(pgbench_script(args.persistence))
+        limit = Pgbench(pgbench, args.database_url, schemas["limit"], script, n)
+
     async def inspect(label: str) -> dict[str, Any]:
         async with await psycopg.AsyncConnection.connect(
             args.database_url, autocommit=True, options=f"-c search_path={schemas[label]}"
@@ -458,9 +573,10 @@ async def _open_postgres(args: argparse.Namespace) -> Databases:
         async with await psycopg.AsyncConnection.connect(args.database_url, autocommit=True) as conn:
             for schema in schemas.values():
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        shutil.rmtree(script_dir, ignore_errors=True)
 
     return Databases(
-        ours, raws["raw"], raws["insert_only"], f"postgresql schemas {', '.join(schemas.values())} (dropped)", inspect, cleanup
+        ours, raws["raw"], raws["insert_only"], limit, f"postgresql schemas {', '.join(schemas.values())} (dropped)", inspect, cleanup
     )
 
 
@@ -542,24 +658,38 @@ async def _measure(args: argparse.Namespace, progress: Progress, dbs: Databases)
         await drive(lambda i: dbs.raw.offer(ids[i], i), everyone, n, progress.advance)
         await drive(lambda i: dbs.insert_only.offer(ids[i], i), everyone, n, progress.advance)
 
+    limit = dbs.limit
+    limit_done, limit_seconds, limit_expected = 0, 0.0, 0
     with progress.task("warming up", total=3 * warmup):
         for op in contenders.values():
             await drive(op, range(warmup), n, progress.advance)
+        if limit is not None:
+            warm_done, _ = limit.run(warmup)
+            limit_expected += warm_done
 
     profiler = cProfile.Profile() if args.profile else None
     measured = {label: Driven() for label in contenders}
+    cpu = dict.fromkeys(contenders, 0.0)
+    labels = [*contenders, *(["limit"] if limit is not None else [])]
     jobs = list(range(warmup, warmup + args.commands))
     chunk = -(-len(jobs) // args.rounds)
     runs_before = workload.handler_runs
     for r in range(args.rounds):
         part = jobs[r * chunk : (r + 1) * chunk]
         # Alternate the order so neither side always runs right after the other's checkpoints.
-        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        order = labels if r % 2 == 0 else list(reversed(labels))
         for label in order:
             with progress.task(f"round {r + 1}/{args.rounds}: {label}", total=len(part)):
+                if label == "limit":
+                    assert limit is not None
+                    done, seconds = limit.run(len(part))  # blocks the loop: nothing else runs meanwhile
+                    limit_done, limit_seconds, limit_expected = limit_done + done, limit_seconds + seconds, limit_expected + done
+                    continue
                 if label == "ours" and profiler is not None:
                     profiler.enable()
+                cpu_start = time.process_time()
                 measured[label].add(await drive(contenders[label], part, n, progress.advance))
+                cpu[label] += time.process_time() - cpu_start
                 if label == "ours" and profiler is not None:
                     profiler.disable()
     if profiler is not None:
@@ -569,6 +699,10 @@ async def _measure(args: argparse.Namespace, progress: Progress, dbs: Databases)
     ours_conflicts = workload.handler_runs - runs_before - args.commands
     with progress.task("checking rows", total=1):
         rows = {"ours": await dbs.inspect("ours"), "raw": await dbs.inspect("raw"), "raw_insert_only": await dbs.inspect("insert_only")}
+        if limit is not None:
+            rows["limit"] = await dbs.inspect("limit")
+            check_limit_rows(limit_expected, rows["limit"])
+    limit_rate = limit_done / limit_seconds if limit_seconds else None
 
     ours, raw, insert_only = measured["ours"], measured["raw"], measured["raw_insert_only"]
     ours_lat, raw_lat, ins_lat = (latency_summary(d.latencies) for d in (ours, raw, insert_only))
@@ -592,6 +726,16 @@ async def _measure(args: argparse.Namespace, progress: Progress, dbs: Databases)
         "p99_ms": ours_lat["p99_ms"],
         "raw_p50_ms": raw_lat["p50_ms"],
         "raw_p99_ms": raw_lat["p99_ms"],
+        "cpu_us_per_command": round(cpu["ours"] / len(ours.latencies) * 1e6, 1),
+        "raw_cpu_us_per_command": round(cpu["raw"] / len(raw.latencies) * 1e6, 1),
+        "raw_insert_only_cpu_us_per_command": round(cpu["raw_insert_only"] / len(insert_only.latencies) * 1e6, 1),
+        "limit": round(limit_rate, 1) if limit_rate else None,
+        "ratio_limit": round(ours.rate / limit_rate, 3) if limit_rate else None,
+        "limit_does": (
+            f"pgbench ({limit.executable}, {n} clients, the server's C client) running raw insert-only's statement "
+            "from a script file (journal + state upsert + outbox, JSON of the same sizes), no read"
+            if limit is not None else "pgbench not installed, or --store sqlite: no limit contender"
+        ),
         "raw_insert_only": round(insert_only.rate, 1),
         "ratio_vs_insert_only": round(ours.rate / insert_only.rate, 3),
         "raw_insert_only_p50_ms": ins_lat["p50_ms"],
