@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from opentelemetry import propagate, trace
 from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
@@ -142,6 +143,8 @@ class _Story:
         headers = dict(kwargs.pop("headers", {}) or {})
         if flow:
             headers[CORRELATION_HEADER] = flow
+        # The story's span travels to the API (W3C traceparent), as any instrumented client's would.
+        propagate.inject(headers)
         return await self.http.request(method, path, headers=headers, **kwargs)
 
     # -- 1. assets -----------------------------------------------------------------------------
@@ -587,11 +590,13 @@ async def _drive(platform: Platform, out: Console, progress: Console, run_id: st
             story.read_models,
             story.the_trace,
         )
-        for step in steps:
-            try:
-                await step()
-            except Exception as exc:  # a step that breaks is an outcome not observed, and the story goes on
-                story.expect(f"step {step.__name__} runs to its end", False, f"{type(exc).__name__}: {exc}")
+        # One client-side span over the story: its HTTP calls, and so every command, carry it.
+        with trace.get_tracer("examples.licensing").start_as_current_span("licensing story"):
+            for step in steps:
+                try:
+                    await step()
+                except Exception as exc:  # a step that breaks is an outcome not observed, and the story goes on
+                    story.expect(f"step {step.__name__} runs to its end", False, f"{type(exc).__name__}: {exc}")
     return result
 
 

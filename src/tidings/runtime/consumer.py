@@ -67,6 +67,8 @@ import msgspec
 
 from tidings.brokers.base import Broker, BrokerUnavailable, Delivery, OutgoingMessage, Subscription
 from tidings.brokers.headers import headers_to_envelope
+from tidings.telemetry import tracing
+from tidings.telemetry.semconv import messaging_system_of
 from tidings.domain.errors import TidingsError, ValidationError
 from tidings.domain.messages import Message
 from tidings.messaging.contracts import topic_of
@@ -1046,6 +1048,7 @@ class Consumer:
         outcome: list[str] = []
         park = self.on_dead == "park"
         await self._open_sealed(items)
+        traced = tracing.tracing_enabled()  # once per batch: no span work per message without an SDK
         async with self.store.transaction():
             seen = await self._inbox(items)
             for item, what in zip(items, seen, strict=True):
@@ -1070,7 +1073,11 @@ class Consumer:
                 assert item.envelope is not None
                 ctx = HandlerContext(self, item.envelope, item.delivery.topic, key, item.failures + 1, writes)
                 try:
-                    await _run_routes(item.routes, item.event, item.envelope, ctx, self.store)
+                    if traced:
+                        with tracing.process_span(messaging_system_of(self.broker), self.name, item.delivery.topic, item.envelope):
+                            await _run_routes(item.routes, item.event, item.envelope, ctx, self.store)
+                    else:
+                        await _run_routes(item.routes, item.event, item.envelope, ctx, self.store)
                 except Exception as exc:
                     if is_unavailable(exc):
                         raise
@@ -1527,6 +1534,7 @@ def _envelope_of(headers: dict[str, str]) -> Envelope:
         source=headers.get("tidings-source"),
         command_type=headers.get("tidings-command_type"),
         command_causation_id=headers.get("tidings-command_causation_id"),
+        traceparent=headers.get("traceparent"),
     )
 
 
