@@ -646,11 +646,26 @@ def report(result: ScenarioResult, out: Console) -> None:
         out.print(f"[dim]the story's correlation id: {result.correlation_id}[/dim]")
 
 
-def main(database: str | None = None, broker: str | None = None, *, keep: bool = False) -> int:
-    """Run the scenario and print its report; 0 only if every expected outcome was observed."""
+def main(database: str | None = None, broker: str | None = None, *, keep: bool = False, otel_file: str | None = None) -> int:
+    """Run the scenario and print its report; 0 only if every expected outcome was observed.
+
+    With ``otel_file``, the run is traced and its spans are written there as OTLP JSON lines.
+    """
     out = Console()
-    result = asyncio.run(run_scenario(database, broker, out=out, keep=keep))
+    provider = None
+    if otel_file:
+        from tidings.telemetry.otlp_file import trace_to_file
+
+        provider = trace_to_file(otel_file, service_name="examples.licensing")
+        trace.set_tracer_provider(provider)
+    try:
+        result = asyncio.run(run_scenario(database, broker, out=out, keep=keep))
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flushes the last batch of spans to the file
     report(result, out)
+    if otel_file:
+        out.print(f"[dim]spans written to {otel_file} as OTLP JSON lines[/dim]")
     return 0 if result.ok else 1
 
 

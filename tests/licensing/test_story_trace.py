@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import re
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
@@ -15,6 +20,7 @@ from tidings.telemetry import configure_tracing
 from tidings.telemetry import semconv as sc
 
 CONTEXTS = {"asset_processing", "licensing", "compliance"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def connected_from(root: ReadableSpan, spans: tuple[ReadableSpan, ...]) -> list[ReadableSpan]:
@@ -97,3 +103,35 @@ async def test_with_process_parent_the_story_is_one_trace_id() -> None:
     flow = [s for s in component if s.attributes.get(sc.MESSAGING_OPERATION_TYPE) != "send"]
     others = {(s.name, s.kind) for s in flow if s.context.trace_id != command.context.trace_id}
     assert not others, f"spans outside the story's trace: {sorted(others)}"
+
+
+def test_the_demo_writes_the_story_as_otlp_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "story.jsonl"
+    run = subprocess.run(
+        [sys.executable, "-m", "examples.licensing", "demo", "--otel-file", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    correlation_id = re.search(r"the story's correlation id: (\S+)", run.stdout).group(1)  # type: ignore[union-attr]
+
+    spans, services = [], set()
+    for line in path.read_text().splitlines():
+        for resource_spans in json.loads(line)["resourceSpans"]:
+            attributes = {a["key"]: a["value"] for a in resource_spans["resource"]["attributes"]}
+            services.add(attributes["service.name"]["stringValue"])
+            spans += [span for scope in resource_spans["scopeSpans"] for span in scope["spans"]]
+    assert services == {"examples.licensing"}
+    # OTLP/JSON: ids in hex, enums as numbers
+    for span in spans:
+        assert re.fullmatch(r"[0-9a-f]{32}", span["traceId"]) and re.fullmatch(r"[0-9a-f]{16}", span["spanId"])
+        for link in span.get("links", ()):
+            assert re.fullmatch(r"[0-9a-f]{16}", link["spanId"])
+    def attrs(span: dict) -> dict[str, str]:
+        return {a["key"]: next(iter(a["value"].values())) for a in span.get("attributes", ())}
+
+    story = [s for s in spans if attrs(s).get(sc.MESSAGING_MESSAGE_CONVERSATION_ID) == correlation_id]
+    kinds = {s["kind"] for s in story}
+    assert {4, 5} <= kinds, f"the story's spans hold no producer (4) and consumer (5) span: {kinds}"
+    assert any(s["name"] == "licensing story" for s in spans)
+    sends = [s for s in spans if attrs(s).get(sc.MESSAGING_OPERATION_TYPE) == "send"]
+    assert sends and all(s.get("links") for s in sends)
