@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-from model import LicensePurchaseConfirmed, OfferLicense, PurchaseLicense, ReportUsage, make_app
-from telemetry_support import installed_sdk
+from model import LicensePurchaseConfirmed, LicensePurchased, OfferLicense, PurchaseLicense, ReportUsage, make_app
+from telemetry_support import Sdk, installed_sdk
 from tidings import Envelope
 from tidings.brokers.local import LocalBroker
 from tidings.messaging import new_id
-from tidings.runtime import Consumer, HandlerContext, Relay
+from tidings.runtime import Consumer, HandlerContext, Projection, Projector, Relay, handles
 from tidings.store import Store
 from tidings.telemetry import semconv as sc
+from tidings.telemetry.metrics import FlowGauges
 
 
 def traceparent(span: ReadableSpan) -> str:
@@ -42,12 +44,12 @@ async def stored_envelopes(store: Store) -> list[Envelope]:
     ]
 
 
-async def run_until_applied(consumer: Consumer, count: int) -> None:
+async def run_until_applied(consumer: Consumer, count: int, dead: int = 0) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
         async with asyncio.timeout(10):
-            while consumer.stats.applied < count:
+            while consumer.stats.applied < count or consumer.stats.dead < dead:
                 await asyncio.sleep(0.01)
     finally:
         stop.set()
@@ -125,3 +127,69 @@ async def test_without_an_sdk_no_span_is_made_and_no_traceparent_is_stored(store
     bought = await app.handle(PurchaseLicense(license_id=license_id, buyer="ada"))
     assert [e.traceparent for e in bought.published] == [None]
     assert [e.traceparent for e in await stored_envelopes(store)] == [None]
+
+
+class Buyers(Projection, name="buyers"):
+    """Who bought each license: a read model whose lag the gauges report."""
+
+    tables = {"buyers": "CREATE TABLE {buyers} (license_id TEXT PRIMARY KEY, buyer TEXT NOT NULL)"}
+
+    @handles
+    def purchased(self, event: LicensePurchased, envelope: Envelope) -> None:
+        self.execute("INSERT INTO {buyers} (license_id, buyer) VALUES (?, ?)", (envelope.aggregate_id, event.buyer))
+
+
+def points(sdk: Sdk, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+    """The metric's data points now: attributes → value (a sum, a gauge value, or a histogram's count)."""
+    data = sdk.metrics.get_metrics_data()
+    found: dict[tuple[tuple[str, Any], ...], Any] = {}
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        value = point.count if hasattr(point, "bucket_counts") else point.value
+                        found[tuple(sorted(point.attributes.items()))] = value
+    return found
+
+
+async def test_metrics_count_what_moved_and_gauge_what_waits_in_the_store(store: Store) -> None:
+    app = make_app(store)
+    broker = LocalBroker(store, poll_interval=0.02)
+    consumer = Consumer("usage", store, broker, topics=["licensing"], not_retryable=(ValueError,))
+
+    @consumer.handler(LicensePurchaseConfirmed)
+    async def confirm(event: LicensePurchaseConfirmed, ctx: HandlerContext) -> None:
+        if event.buyer == "mallory":
+            raise ValueError("mallory's purchases are refused")
+
+    with installed_sdk() as sdk:
+        gauges = FlowGauges(store, projector=Projector(store, [Buyers(registry=app.registry)]))
+        await gauges.projector.prepare()  # type: ignore[union-attr]
+        # Given three purchases committed and not yet relayed
+        for buyer in ("ada", "bob", "mallory"):
+            license_id = new_id()
+            await app.handle(OfferLicense(license_id=license_id, product="Editor"))
+            await app.handle(PurchaseLicense(license_id=license_id, buyer=buyer))
+        await gauges.refresh()
+        # Then the outbox gauges show them waiting, per partition, with an age
+        assert sum(points(sdk, "tidings.outbox.backlog").values()) == 3
+        ages = points(sdk, "tidings.outbox.oldest_undelivered.age")
+        assert ages and all(age >= 0 for age in ages.values())
+        assert points(sdk, "tidings.projection.lag.events") == {((sc.TIDINGS_PROJECTION, "buyers"),): 6}
+
+        # When the relay sends them and the consumer applies two and dead-letters one
+        await Relay(store, broker).drain()
+        await run_until_applied(consumer, 2, dead=1)
+        await gauges.projector.catch_up()  # type: ignore[union-attr]
+        await gauges.refresh()
+
+        # Then the counters say what moved, and the gauges what is left
+        topic = ((sc.MESSAGING_DESTINATION_NAME, "licensing"), (sc.MESSAGING_SYSTEM, "tidings.local"))
+        assert points(sdk, "messaging.client.sent.messages") == {topic: 3}
+        by_consumer = tuple(sorted((*topic, (sc.MESSAGING_CONSUMER_GROUP_NAME, "usage"))))
+        assert points(sdk, "messaging.client.consumed.messages") == {by_consumer: 2}
+        assert points(sdk, "messaging.process.duration") == {by_consumer: 2}
+        assert sum(points(sdk, "tidings.outbox.backlog").values()) == 0
+        assert points(sdk, "tidings.consumer.dead_letters") == {((sc.MESSAGING_CONSUMER_GROUP_NAME, "usage"),): 1}
+        assert points(sdk, "tidings.projection.lag.events") == {((sc.TIDINGS_PROJECTION, "buyers"),): 0}

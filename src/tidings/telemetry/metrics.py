@@ -1,0 +1,177 @@
+"""Flow metrics through the OpenTelemetry metrics API: what moved (counters, durations) and what waits (gauges).
+
+Two kinds. Counters and the process-duration histogram are recorded by the relay and the
+consumers as they work — once per batch, and only when an SDK meter provider is configured
+(:func:`instruments` is None otherwise, checked once per batch). The state of the flow — outbox
+backlog and oldest undelivered age per partition, dead letters per consumer, projection lag —
+lives in the store, so :class:`FlowGauges` reads it with the same queries ``tidings status``
+uses, on its own schedule (``refresh``/``run``), and its observable gauges report the last reading:
+a metrics scrape never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter as Tally
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, MeterProvider, NoOpMeterProvider, Observation
+from opentelemetry.metrics._internal import _ProxyMeterProvider  # the API's "no SDK yet" provider
+
+from tidings.telemetry import semconv as sc
+
+if TYPE_CHECKING:
+    from tidings.brokers.base import OutgoingMessage
+    from tidings.runtime.projector import Projector
+    from tidings.store.base import Store
+
+__all__ = ["Instruments", "instruments", "FlowGauges"]
+
+#: Dead-letter statuses that count as depth: dead, held behind a dead one, waiting for a replay.
+_DEPTH_STATUSES = frozenset({"dead", "held", "replay_requested"})
+
+
+class Instruments:
+    """The counters and histogram the relay and consumers record into (names from the messaging conventions)."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.sent = meter.create_counter(
+            "messaging.client.sent.messages", unit="{message}", description="Messages the relay published to the broker"
+        )
+        self.publish_errors = meter.create_counter(
+            "tidings.relay.publish.errors", unit="{message}", description="Publications the broker refused or failed"
+        )
+        self.consumed = meter.create_counter(
+            "messaging.client.consumed.messages", unit="{message}", description="Messages a consumer applied"
+        )
+        self.process_duration = meter.create_histogram(
+            "messaging.process.duration", unit="s", description="Time a consumer's handlers took for one message"
+        )
+
+    def count_sent(self, system: str, messages: Sequence[OutgoingMessage], results: Sequence[BaseException | None]) -> None:
+        """Count one publish call's outcome per topic."""
+        sent: Tally[str] = Tally()
+        failed: Tally[str] = Tally()
+        for message, result in zip(messages, results, strict=True):
+            (sent if result is None else failed)[message.topic] += 1
+        for topic, n in sent.items():
+            self.sent.add(n, {sc.MESSAGING_SYSTEM: system, sc.MESSAGING_DESTINATION_NAME: topic})
+        for topic, n in failed.items():
+            self.publish_errors.add(n, {sc.MESSAGING_SYSTEM: system, sc.MESSAGING_DESTINATION_NAME: topic})
+
+    def count_consumed(self, system: str, consumer: str, applied: Iterable[tuple[str, float]]) -> None:
+        """Count a committed batch's applied messages ``(topic, seconds)`` and record each one's duration."""
+        per_topic: Tally[str] = Tally()
+        for topic, seconds in applied:
+            per_topic[topic] += 1
+            self.process_duration.record(seconds, {
+                sc.MESSAGING_SYSTEM: system, sc.MESSAGING_CONSUMER_GROUP_NAME: consumer, sc.MESSAGING_DESTINATION_NAME: topic,
+            })
+        for topic, n in per_topic.items():
+            self.consumed.add(n, {
+                sc.MESSAGING_SYSTEM: system, sc.MESSAGING_CONSUMER_GROUP_NAME: consumer, sc.MESSAGING_DESTINATION_NAME: topic,
+            })
+
+
+_provider: object = None
+_instruments: Instruments | None = None
+
+
+def instruments() -> Instruments | None:
+    """The instruments of the configured meter provider; None without an SDK (then record nothing)."""
+    global _provider, _instruments
+    provider = metrics.get_meter_provider()
+    if provider is not _provider:
+        _provider = provider
+        _instruments = None if isinstance(provider, (_ProxyMeterProvider, NoOpMeterProvider)) else Instruments(provider.get_meter("tidings"))
+    return _instruments
+
+
+@dataclass
+class _Reading:
+    backlog: dict[int, int] = field(default_factory=dict)
+    parked: dict[int, int] = field(default_factory=dict)
+    oldest_age: dict[int, float] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    projection_lag_s: dict[str, float] = field(default_factory=dict)
+    projection_lag_events: dict[str, int] = field(default_factory=dict)
+
+
+class FlowGauges:
+    """Observable gauges of what waits in the store: outbox backlog and age per partition, dead letters, projection lag.
+
+    ``refresh()`` reads the store (a few aggregate queries); ``run(stop)`` refreshes every
+    ``interval`` seconds. Without a ``projector`` there is no projection lag gauge reading.
+    """
+
+    def __init__(self, store: Store, *, projector: Projector | None = None, meter_provider: MeterProvider | None = None) -> None:
+        self.store = store
+        self.projector = projector
+        self.reading = _Reading()
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("tidings")
+        gauge = meter.create_observable_gauge
+        gauge("tidings.outbox.backlog", [self._partitions("backlog")], unit="{message}",
+              description="Outbox rows not yet delivered and not parked, per partition")
+        gauge("tidings.outbox.parked", [self._partitions("parked")], unit="{message}",
+              description="Outbox rows parked after failing for good, per partition")
+        gauge("tidings.outbox.oldest_undelivered.age", [self._partitions("oldest_age")], unit="s",
+              description="Age of the oldest undelivered outbox row (parked included), per partition")
+        gauge("tidings.consumer.dead_letters", [self._dead_letters], unit="{message}",
+              description="Dead letters of each consumer: dead, held behind one, or waiting for a replay")
+        gauge("tidings.projection.lag", [self._projections("projection_lag_s")], unit="s",
+              description="Age of the oldest journal event a projection has not applied")
+        gauge("tidings.projection.lag.events", [self._projections("projection_lag_events")], unit="{event}",
+              description="Journal events a projection has not applied")
+
+    async def refresh(self) -> None:
+        """Read the flow's state from the store; the gauges report it until the next refresh."""
+        from tidings.runtime.dead_letters import DeadLetters
+        from tidings.store.outbox import Outbox
+
+        from tidings.messaging.envelope import utc_now
+
+        now = utc_now()
+        status = await Outbox(self.store).status(now)
+        now_reading = _Reading()
+        for p in status.partitions:
+            now_reading.backlog[p.partition] = p.backlog - p.parked
+            now_reading.parked[p.partition] = p.parked
+            if p.oldest_at is not None:
+                now_reading.oldest_age[p.partition] = max(0.0, (now - p.oldest_at).total_seconds())
+        for (consumer, state), n in (await DeadLetters(self.store).counts()).items():
+            if state in _DEPTH_STATUSES:
+                now_reading.dead_letters[consumer] = now_reading.dead_letters.get(consumer, 0) + n
+        if self.projector is not None:
+            for projection in await self.projector.status():
+                now_reading.projection_lag_s[projection.name] = projection.lag_seconds
+                now_reading.projection_lag_events[projection.name] = projection.lag_events
+        self.reading = now_reading
+
+    async def run(self, stop: asyncio.Event, interval: float = 15.0) -> None:
+        """Refresh every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            await self.refresh()
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+
+    def _partitions(self, what: str) -> Any:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            values: dict[int, float] = getattr(self.reading, what)
+            return [Observation(v, {sc.TIDINGS_PARTITION: p}) for p, v in values.items()]
+
+        return observe
+
+    def _dead_letters(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {sc.MESSAGING_CONSUMER_GROUP_NAME: c}) for c, n in self.reading.dead_letters.items()]
+
+    def _projections(self, what: str) -> Any:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            values: dict[str, float] = getattr(self.reading, what)
+            return [Observation(v, {sc.TIDINGS_PROJECTION: name}) for name, v in values.items()]
+
+        return observe
