@@ -18,7 +18,7 @@ from tidings.messaging import new_id
 from tidings.runtime import Consumer, HandlerContext, Projection, Projector, Relay, handles
 from tidings.store import Store
 from tidings.telemetry import semconv as sc
-from tidings.telemetry.metrics import FlowGauges
+from tidings.runtime.flow_gauges import FlowGauges
 
 
 def traceparent(span: ReadableSpan) -> str:

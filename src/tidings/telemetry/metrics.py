@@ -1,37 +1,27 @@
-"""Flow metrics through the OpenTelemetry metrics API: what moved (counters, durations) and what waits (gauges).
+"""What moved, through the OpenTelemetry metrics API: messages sent and consumed, process duration, publish errors.
 
-Two kinds. Counters and the process-duration histogram are recorded by the relay and the
-consumers as they work — once per batch, and only when an SDK meter provider is configured
-(:func:`instruments` is None otherwise, checked once per batch). The state of the flow — outbox
-backlog and oldest undelivered age per partition, dead letters per consumer, projection lag —
-lives in the store, so :class:`FlowGauges` reads it with the same queries ``tidings status``
-uses, on its own schedule (``refresh``/``run``), and its observable gauges report the last reading:
-a metrics scrape never waits on the database.
+The relay and the consumers record into these once per batch, and only when an SDK meter
+provider is configured (:func:`instruments` is None otherwise, checked once per batch). What
+waits in the store (backlog, age, dead letters, lag) is gauged by
+:class:`tidings.runtime.flow_gauges.FlowGauges`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter as Tally
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, MeterProvider, NoOpMeterProvider, Observation
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.metrics._internal import _ProxyMeterProvider  # the API's "no SDK yet" provider
 
 from tidings.telemetry import semconv as sc
 
 if TYPE_CHECKING:
     from tidings.brokers.base import OutgoingMessage
-    from tidings.runtime.projector import Projector
-    from tidings.store.base import Store
 
-__all__ = ["Instruments", "instruments", "FlowGauges"]
-
-#: Dead-letter statuses that count as depth: dead, held behind a dead one, waiting for a replay.
-_DEPTH_STATUSES = frozenset({"dead", "held", "replay_requested"})
+__all__ = ["Instruments", "instruments"]
 
 
 class Instruments:
@@ -88,90 +78,3 @@ def instruments() -> Instruments | None:
         _provider = provider
         _instruments = None if isinstance(provider, (_ProxyMeterProvider, NoOpMeterProvider)) else Instruments(provider.get_meter("tidings"))
     return _instruments
-
-
-@dataclass
-class _Reading:
-    backlog: dict[int, int] = field(default_factory=dict)
-    parked: dict[int, int] = field(default_factory=dict)
-    oldest_age: dict[int, float] = field(default_factory=dict)
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    projection_lag_s: dict[str, float] = field(default_factory=dict)
-    projection_lag_events: dict[str, int] = field(default_factory=dict)
-
-
-class FlowGauges:
-    """Observable gauges of what waits in the store: outbox backlog and age per partition, dead letters, projection lag.
-
-    ``refresh()`` reads the store (a few aggregate queries); ``run(stop)`` refreshes every
-    ``interval`` seconds. Without a ``projector`` there is no projection lag gauge reading.
-    """
-
-    def __init__(self, store: Store, *, projector: Projector | None = None, meter_provider: MeterProvider | None = None) -> None:
-        self.store = store
-        self.projector = projector
-        self.reading = _Reading()
-        meter = (meter_provider or metrics.get_meter_provider()).get_meter("tidings")
-        gauge = meter.create_observable_gauge
-        gauge("tidings.outbox.backlog", [self._partitions("backlog")], unit="{message}",
-              description="Outbox rows not yet delivered and not parked, per partition")
-        gauge("tidings.outbox.parked", [self._partitions("parked")], unit="{message}",
-              description="Outbox rows parked after failing for good, per partition")
-        gauge("tidings.outbox.oldest_undelivered.age", [self._partitions("oldest_age")], unit="s",
-              description="Age of the oldest undelivered outbox row (parked included), per partition")
-        gauge("tidings.consumer.dead_letters", [self._dead_letters], unit="{message}",
-              description="Dead letters of each consumer: dead, held behind one, or waiting for a replay")
-        gauge("tidings.projection.lag", [self._projections("projection_lag_s")], unit="s",
-              description="Age of the oldest journal event a projection has not applied")
-        gauge("tidings.projection.lag.events", [self._projections("projection_lag_events")], unit="{event}",
-              description="Journal events a projection has not applied")
-
-    async def refresh(self) -> None:
-        """Read the flow's state from the store; the gauges report it until the next refresh."""
-        from tidings.runtime.dead_letters import DeadLetters
-        from tidings.store.outbox import Outbox
-
-        from tidings.messaging.envelope import utc_now
-
-        now = utc_now()
-        status = await Outbox(self.store).status(now)
-        now_reading = _Reading()
-        for p in status.partitions:
-            now_reading.backlog[p.partition] = p.backlog - p.parked
-            now_reading.parked[p.partition] = p.parked
-            if p.oldest_at is not None:
-                now_reading.oldest_age[p.partition] = max(0.0, (now - p.oldest_at).total_seconds())
-        for (consumer, state), n in (await DeadLetters(self.store).counts()).items():
-            if state in _DEPTH_STATUSES:
-                now_reading.dead_letters[consumer] = now_reading.dead_letters.get(consumer, 0) + n
-        if self.projector is not None:
-            for projection in await self.projector.status():
-                now_reading.projection_lag_s[projection.name] = projection.lag_seconds
-                now_reading.projection_lag_events[projection.name] = projection.lag_events
-        self.reading = now_reading
-
-    async def run(self, stop: asyncio.Event, interval: float = 15.0) -> None:
-        """Refresh every ``interval`` seconds until ``stop`` is set."""
-        while not stop.is_set():
-            await self.refresh()
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
-
-    def _partitions(self, what: str) -> Any:
-        def observe(_: CallbackOptions) -> list[Observation]:
-            values: dict[int, float] = getattr(self.reading, what)
-            return [Observation(v, {sc.TIDINGS_PARTITION: p}) for p, v in values.items()]
-
-        return observe
-
-    def _dead_letters(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(n, {sc.MESSAGING_CONSUMER_GROUP_NAME: c}) for c, n in self.reading.dead_letters.items()]
-
-    def _projections(self, what: str) -> Any:
-        def observe(_: CallbackOptions) -> list[Observation]:
-            values: dict[str, float] = getattr(self.reading, what)
-            return [Observation(v, {sc.TIDINGS_PROJECTION: name}) for name, v in values.items()]
-
-        return observe
