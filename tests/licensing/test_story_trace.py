@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind
 from rich.console import Console
 
 from examples.licensing.scenario import run_scenario
+from support import POSTGRES_URL, require_service
 from telemetry_support import installed_sdk
 from tidings.telemetry import configure_tracing
 from tidings.telemetry import semconv as sc
@@ -66,10 +67,10 @@ def reached(component: list[ReadableSpan]) -> tuple[set[str], set[str], set[Span
     return contexts, consumers, {s.kind for s in component}
 
 
-async def run_story() -> tuple[str, tuple[ReadableSpan, ...]]:
+async def run_story(database: str | None = None, broker: str | None = None) -> tuple[str, tuple[ReadableSpan, ...]]:
     quiet = Console(file=io.StringIO(), width=140)
     with installed_sdk() as sdk:
-        result = await run_scenario(None, None, out=quiet, progress=quiet)
+        result = await run_scenario(database, broker, out=quiet, progress=quiet)
         spans = sdk.finished()
     assert result.ok, [f"{o.name}: {o.detail}" for o in result.failed]
     return result.correlation_id, spans
@@ -80,13 +81,24 @@ async def test_the_story_is_one_connected_trace_from_the_upload_through_all_thre
     command = upload_command(spans, correlation_id)
     component = connected_from(command, spans)
     contexts, consumers, kinds = reached(component)
-    print(sorted(contexts), sorted(consumers))
+    assert {c.split(".")[0] for c in consumers} == CONTEXTS, f"consumers reached: {sorted(consumers)}"
     assert CONTEXTS <= contexts, f"the upload's trace reached only {sorted(contexts)}"
     assert {SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.INTERNAL} <= kinds
     sends = [s for s in component if s.attributes.get(sc.MESSAGING_OPERATION_TYPE) == "send"]
     assert sends and all(s.attributes[sc.MESSAGING_SYSTEM] == "tidings.local" for s in sends)
     # By default a consumer's process span links to the create span and starts a trace of its own.
     assert len({s.context.trace_id for s in component}) > 1
+
+
+async def test_on_postgresql_and_nats_the_traceparent_crosses_jetstream_and_the_story_stays_connected() -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    require_service("NATS", "127.0.0.1", 4222)
+    correlation_id, spans = await run_story(POSTGRES_URL, "nats://127.0.0.1:4222")
+    contexts, consumers, _ = reached(connected_from(upload_command(spans, correlation_id), spans))
+    assert CONTEXTS <= contexts, f"the upload's trace reached only {sorted(contexts)}"
+    assert any(c.startswith("compliance.") for c in consumers)
+    sends = [s for s in spans if s.attributes.get(sc.MESSAGING_OPERATION_TYPE) == "send"]
+    assert sends and {s.attributes[sc.MESSAGING_SYSTEM] for s in sends} == {"nats"}
 
 
 async def test_with_process_parent_the_story_is_one_trace_id() -> None:
