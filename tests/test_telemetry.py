@@ -193,3 +193,20 @@ async def test_metrics_count_what_moved_and_gauge_what_waits_in_the_store(store:
         assert sum(points(sdk, "tidings.outbox.backlog").values()) == 0
         assert points(sdk, "tidings.consumer.dead_letters") == {((sc.MESSAGING_CONSUMER_GROUP_NAME, "usage"),): 1}
         assert points(sdk, "tidings.projection.lag.events") == {((sc.TIDINGS_PROJECTION, "buyers"),): 0}
+
+
+async def test_a_projector_batch_is_a_span_linked_to_the_commands_that_recorded_its_events(store: Store) -> None:
+    app = make_app(store)
+    projector = Projector(store, [Buyers(registry=app.registry)])
+    with installed_sdk() as sdk:
+        await projector.prepare()
+        license_id = new_id()
+        await app.handle(OfferLicense(license_id=license_id, product="Editor"))
+        await app.handle(PurchaseLicense(license_id=license_id, buyer="ada"))
+        await projector.catch_up()
+        spans = sdk.finished()
+    (purchase,) = [s for s in spans if s.attributes.get(sc.TIDINGS_COMMAND_TYPE) == "PurchaseLicense"]
+    (batch,) = [s for s in spans if s.attributes.get(sc.TIDINGS_PROJECTION) == "buyers"]
+    assert batch.kind is SpanKind.CONSUMER and batch.parent is None
+    assert purchase.context.span_id in {link.context.span_id for link in batch.links}
+    assert batch.attributes[sc.MESSAGING_BATCH_MESSAGE_COUNT] >= 1

@@ -62,7 +62,7 @@ def reached(component: list[ReadableSpan]) -> tuple[set[str], set[str], set[Span
     """Contexts whose commands ran in the component, the consumers that processed in it, and its span kinds."""
     contexts = {str(s.attributes[sc.TIDINGS_CONTEXT]) for s in component if sc.TIDINGS_CONTEXT in s.attributes}
     consumers = {
-        str(s.attributes[sc.MESSAGING_CONSUMER_GROUP_NAME]) for s in component if s.kind is SpanKind.CONSUMER
+        str(s.attributes[sc.MESSAGING_CONSUMER_GROUP_NAME]) for s in component if sc.MESSAGING_CONSUMER_GROUP_NAME in s.attributes
     }
     return contexts, consumers, {s.kind for s in component}
 
@@ -82,6 +82,8 @@ async def test_the_story_is_one_connected_trace_from_the_upload_through_all_thre
     component = connected_from(command, spans)
     contexts, consumers, kinds = reached(component)
     assert {c.split(".")[0] for c in consumers} == CONTEXTS, f"consumers reached: {sorted(consumers)}"
+    projections = {s.attributes[sc.TIDINGS_PROJECTION] for s in component if sc.TIDINGS_PROJECTION in s.attributes}
+    assert projections, "no projector batch is linked to the story's commands"
     assert CONTEXTS <= contexts, f"the upload's trace reached only {sorted(contexts)}"
     assert {SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.INTERNAL} <= kinds
     sends = [s for s in component if s.attributes.get(sc.MESSAGING_OPERATION_TYPE) == "send"]
@@ -111,8 +113,8 @@ async def test_with_process_parent_the_story_is_one_trace_id() -> None:
     component = connected_from(command, spans)
     contexts, _, _ = reached(component)
     assert CONTEXTS <= contexts
-    # The relay's send spans stay roots: one publish call carries messages of many traces.
-    flow = [s for s in component if s.attributes.get(sc.MESSAGING_OPERATION_TYPE) != "send"]
+    # The relay's send spans and projector batches stay roots: each carries messages of many traces.
+    flow = [s for s in component if sc.MESSAGING_BATCH_MESSAGE_COUNT not in s.attributes]
     others = {(s.name, s.kind) for s in flow if s.context.trace_id != command.context.trace_id}
     assert not others, f"spans outside the story's trace: {sorted(others)}"
 

@@ -234,6 +234,8 @@ class _Commit:
     ) -> None:
         self.app = app
         self.traced = traced
+        #: The command span's trace context, written on its domain events (projectors link to it).
+        self.traceparent = tracing.current_traceparent() if traced else None
         #: The create span of each outbox row, ended when the commit succeeded or failed.
         self.spans: list[Any] = []
         self.context = context
@@ -267,6 +269,7 @@ class _Commit:
             # Only the command's own events name it: they are the link from its cause to it.
             command_type=self.command_type if causation_id == self.command_id else None,
             command_causation_id=self.context.causation_id if causation_id == self.command_id else None,
+            traceparent=self.traceparent,
         )
 
     def _traced(self, envelope: Envelope, topic: str) -> Envelope:

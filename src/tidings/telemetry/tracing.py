@@ -39,6 +39,8 @@ __all__ = [
     "send_span",
     "mark_failures",
     "process_span",
+    "projection_batch_span",
+    "current_traceparent",
     "traceparent_of",
 ]
 
@@ -77,6 +79,35 @@ def traceparent_of(span: Span) -> str | None:
     if not ctx.is_valid:
         return None
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def current_traceparent() -> str | None:
+    """The ``traceparent`` of the span current now (None outside any span)."""
+    return traceparent_of(trace.get_current_span())
+
+
+#: Links kept per projector batch: enough to find the commands behind it, bounded for big rebuilds.
+MAX_BATCH_LINKS = 128
+
+
+@contextmanager
+def projection_batch_span(projection: str, events: int, traceparents: Sequence[str]) -> Iterator[Span]:
+    """The CONSUMER span of one projector batch, linked to the commands that recorded its events (first 128)."""
+    links = []
+    for traceparent in dict.fromkeys(traceparents):  # one link per command, in order
+        if len(links) == MAX_BATCH_LINKS:
+            break
+        if (link := _link(traceparent)) is not None:
+            links.append(link)
+    attributes = {
+        sc.MESSAGING_OPERATION_TYPE: "process",
+        sc.MESSAGING_OPERATION_NAME: "project",
+        sc.MESSAGING_BATCH_MESSAGE_COUNT: events,
+        sc.TIDINGS_PROJECTION: projection,
+    }
+    with _tracer.start_as_current_span(f"project {projection}", context=_EMPTY, kind=SpanKind.CONSUMER,
+                                       links=links, attributes=attributes) as span:
+        yield span
 
 
 def _link(traceparent: str | None, **attributes: str) -> Link | None:
