@@ -28,21 +28,23 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
     "messaging": frozenset({"domain", "messaging"}),
     "store": frozenset({"domain", "messaging", "store"}),
     "brokers": frozenset({"domain", "messaging", "store", "brokers"}),
-    "app": frozenset({"domain", "messaging", "store", "brokers", "app"}),
-    "runtime": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime"}),
+    # Telemetry (span and metric vocabulary) sits under app and runtime, which record into it.
+    "telemetry": frozenset({"domain", "messaging", "store", "brokers", "telemetry"}),
+    "app": frozenset({"domain", "messaging", "store", "brokers", "telemetry", "app"}),
+    "runtime": frozenset({"domain", "messaging", "store", "brokers", "telemetry", "app", "runtime"}),
     # Change data capture is a process beside the runtime's: it writes the outbox as the app layer does.
-    "cdc": frozenset({"domain", "messaging", "store", "app", "cdc"}),
+    "cdc": frozenset({"domain", "messaging", "store", "telemetry", "app", "cdc"}),
     # Contract tooling reads applications, consumers and sagas as wired (export, lock, check, docs).
-    "contracts": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "contracts"}),
+    "contracts": frozenset({"domain", "messaging", "store", "brokers", "telemetry", "app", "runtime", "contracts"}),
     # Adoption edges: a command in the user's own transaction sits on the app layer; the FastAPI
     # integration runs the runtime's roles in a web app and uses it.
-    "joined": frozenset({"domain", "messaging", "store", "app", "joined"}),
-    "fastapi": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "joined", "fastapi"}),
+    "joined": frozenset({"domain", "messaging", "store", "telemetry", "app", "joined"}),
+    "fastapi": frozenset({"domain", "messaging", "store", "brokers", "telemetry", "app", "runtime", "joined", "fastapi"}),
     # The users' test kit drives applications and runtimes, never the operator surfaces.
-    "testing": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "testing"}),
-    "dashboard": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "dashboard"}),
+    "testing": frozenset({"domain", "messaging", "store", "brokers", "telemetry", "app", "runtime", "testing"}),
+    "dashboard": frozenset({"domain", "messaging", "store", "brokers", "telemetry", "app", "runtime", "dashboard"}),
     # The command line may start the dashboard and read the package facade (``__version__``).
-    "cli": frozenset({"domain", "messaging", "store", "brokers", "app", "runtime", "cdc", "contracts", "dashboard", "cli", FACADE}),
+    "cli": frozenset({"domain", "messaging", "store", "brokers", "telemetry", "app", "runtime", "cdc", "contracts", "dashboard", "cli", FACADE}),
 }
 
 # Standard-library modules that do I/O or run concurrently; the domain is plain synchronous Python.

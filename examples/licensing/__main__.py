@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--database", help="store URL; default: a fresh SQLite file per run (PostgreSQL: a fresh schema per run)")
     demo.add_argument("--broker", help="broker URL; default local: (the store's own log)")
     demo.add_argument("--keep", action="store_true", help="keep the SQLite file or PostgreSQL schema afterwards")
+    demo.add_argument("--otel-file", metavar="PATH", help="write the story's OpenTelemetry spans to PATH as OTLP JSON lines (needs tidings[otel])")
 
     for name, roles_help in (("serve", None), ("run-roles", "comma-separated: " + ",".join(ROLES))):
         sub = commands.add_parser(name, help="run every role in one process" if name == "serve" else "run only some roles")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             # The demo writes a fresh store each run, so a key of its own is enough; a deployment
             # sets TIDINGS_MASTER_KEY once (`tidings subjects new-key`) and keeps it with its backups.
             os.environ[MASTER_KEY_ENV] = MasterKey.generate()
-        return demo(args.database, args.broker, keep=args.keep)
+        return demo(args.database, args.broker, keep=args.keep, otel_file=args.otel_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     roles = list(ROLES) if args.command == "serve" else [r.strip() for r in args.roles.split(",") if r.strip()]
     urls = (args.database or os.environ.get("TIDINGS_DATABASE_URL"), args.broker or os.environ.get("TIDINGS_BROKER_URL"))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from opentelemetry import propagate, trace
 from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
@@ -142,6 +143,8 @@ class _Story:
         headers = dict(kwargs.pop("headers", {}) or {})
         if flow:
             headers[CORRELATION_HEADER] = flow
+        # The story's span travels to the API (W3C traceparent), as any instrumented client's would.
+        propagate.inject(headers)
         return await self.http.request(method, path, headers=headers, **kwargs)
 
     # -- 1. assets -----------------------------------------------------------------------------
@@ -587,11 +590,13 @@ async def _drive(platform: Platform, out: Console, progress: Console, run_id: st
             story.read_models,
             story.the_trace,
         )
-        for step in steps:
-            try:
-                await step()
-            except Exception as exc:  # a step that breaks is an outcome not observed, and the story goes on
-                story.expect(f"step {step.__name__} runs to its end", False, f"{type(exc).__name__}: {exc}")
+        # One client-side span over the story: its HTTP calls, and so every command, carry it.
+        with trace.get_tracer("examples.licensing").start_as_current_span("licensing story"):
+            for step in steps:
+                try:
+                    await step()
+                except Exception as exc:  # a step that breaks is an outcome not observed, and the story goes on
+                    story.expect(f"step {step.__name__} runs to its end", False, f"{type(exc).__name__}: {exc}")
     return result
 
 
@@ -641,11 +646,26 @@ def report(result: ScenarioResult, out: Console) -> None:
         out.print(f"[dim]the story's correlation id: {result.correlation_id}[/dim]")
 
 
-def main(database: str | None = None, broker: str | None = None, *, keep: bool = False) -> int:
-    """Run the scenario and print its report; 0 only if every expected outcome was observed."""
+def main(database: str | None = None, broker: str | None = None, *, keep: bool = False, otel_file: str | None = None) -> int:
+    """Run the scenario and print its report; 0 only if every expected outcome was observed.
+
+    With ``otel_file``, the run is traced and its spans are written there as OTLP JSON lines.
+    """
     out = Console()
-    result = asyncio.run(run_scenario(database, broker, out=out, keep=keep))
+    provider = None
+    if otel_file:
+        from tidings.telemetry.otlp_file import trace_to_file
+
+        provider = trace_to_file(otel_file, service_name="examples.licensing")
+        trace.set_tracer_provider(provider)
+    try:
+        result = asyncio.run(run_scenario(database, broker, out=out, keep=keep))
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flushes the last batch of spans to the file
     report(result, out)
+    if otel_file:
+        out.print(f"[dim]spans written to {otel_file} as OTLP JSON lines[/dim]")
     return 0 if result.ok else 1
 
 

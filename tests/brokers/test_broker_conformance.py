@@ -252,3 +252,29 @@ async def restart_loses_nothing_confirmed(server: BrokerServer, kill: bool) -> N
     got = await receive(again, 100, timeout=60)
     assert {d.event_id for d in got} >= {m.event_id for m in before + after}
     await again.close()
+
+
+async def test_the_w3c_traceparent_of_a_stored_envelope_arrives_under_its_standard_header_name(broker_server: BrokerServer) -> None:
+    # Given an outbox row's envelope that recorded the span which created it
+    from tidings.brokers.headers import envelope_to_headers, headers_to_envelope
+    from tidings.messaging.envelope import Envelope, utc_now
+    import msgspec
+
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    event_id = new_id()
+    envelope = Envelope(event_id=event_id, event_type="test.Traced", schema_version=1, occurred_at=utc_now(),
+                        correlation_id="corr-traced", traceparent=traceparent)
+    broker = await broker_server.broker()
+    name = topic()
+    subscription = await broker.subscribe([name], "g-traceparent")
+    sent = OutgoingMessage(topic=name, key="k", partition=0, event_id=event_id,
+                           headers=envelope_to_headers(msgspec.json.encode(envelope)), payload=b"{}")
+
+    # When the relay publishes it and a consumer receives it
+    await publish_all(broker, [sent])
+    [got] = await receive(subscription, 1)
+
+    # Then any OpenTelemetry-aware reader finds it as ``traceparent``, and tidings reads it back
+    assert got.headers["traceparent"] == traceparent
+    assert headers_to_envelope(got.headers).traceparent == traceparent
+    await subscription.close()

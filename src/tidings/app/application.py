@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections import deque
+from contextlib import nullcontext
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from tidings.messaging.registry import MessageRegistry, registry_of
 from tidings.store.base import Store
 from tidings.store.records import Changes, JournalEntry, OutboxEntry, SnapshotRow, StateRow, StreamWrite
 from tidings.store.subject_keys import SubjectKeys
+from tidings.telemetry import tracing
 
 __all__ = ["Application", "CommandResult", "UnknownCommand", "DEFAULT_MAX_MESSAGE_BYTES"]
 
@@ -172,20 +174,25 @@ class Application:
         if handler is None:
             raise UnknownCommand(type(command), self._command_handlers)
         context = context or MessageContext()
-        for attempt in range(retries + 1):
-            try:
-                # Lazy: SQL a handler runs (uow.execute, store.run from a bus handler) begins a
-                # transaction that the commit joins; without any, the commit stays one statement.
-                async with self.store.pinned(), self.store.transaction(lazy=True):
-                    return await self._handle_once(command, handler, context)
-            except ConcurrencyError:
-                if attempt == retries:
-                    raise
+        # Checked once per command: without an SDK no span, attribute or traceparent is built.
+        traced = tracing.tracing_enabled()
+        with tracing.command_span(self.name, command.message_name) if traced else nullcontext():
+            for attempt in range(retries + 1):
+                try:
+                    # Lazy: SQL a handler runs (uow.execute, store.run from a bus handler) begins a
+                    # transaction that the commit joins; without any, the commit stays one statement.
+                    async with self.store.pinned(), self.store.transaction(lazy=True):
+                        return await self._handle_once(command, handler, context, traced)
+                except ConcurrencyError:
+                    if attempt == retries:
+                        raise
         raise AssertionError("unreachable")
 
-    async def _handle_once(self, command: Command, handler: CommandHandler, context: MessageContext) -> CommandResult:
+    async def _handle_once(
+        self, command: Command, handler: CommandHandler, context: MessageContext, traced: bool = False
+    ) -> CommandResult:
         command_id = new_id()
-        unit = _Commit(self, context, command_id, command.message_name)
+        unit = _Commit(self, context, command_id, command.message_name, traced)
         uow = UnitOfWork(self, unit.keys)
         uow.tenant = context.tenant
         # The command causes its events; what caused the command (a consumer's message) goes on
@@ -210,15 +217,27 @@ class Application:
 
         changes = unit.changes(uow)
         await unit.seal(changes)
-        await self.store.commit(changes)
+        try:
+            await self.store.commit(changes)
+        except BaseException as exc:
+            tracing.end_spans(unit.spans, exc)
+            raise
+        tracing.end_spans(unit.spans)
         return CommandResult(value, command_id, unit.correlation_id, unit.events, unit.published)
 
 
 class _Commit:
     """Turns what a unit of work recorded into envelopes and rows, numbering versions as it goes."""
 
-    def __init__(self, app: Application, context: MessageContext, command_id: str, command_type: str) -> None:
+    def __init__(
+        self, app: Application, context: MessageContext, command_id: str, command_type: str, traced: bool = False
+    ) -> None:
         self.app = app
+        self.traced = traced
+        #: The command span's trace context, written on its domain events (projectors link to it).
+        self.traceparent = tracing.current_traceparent() if traced else None
+        #: The create span of each outbox row, ended when the commit succeeded or failed.
+        self.spans: list[Any] = []
         self.context = context
         self.command_id = command_id
         self.command_type = command_type
@@ -250,7 +269,17 @@ class _Commit:
             # Only the command's own events name it: they are the link from its cause to it.
             command_type=self.command_type if causation_id == self.command_id else None,
             command_causation_id=self.context.causation_id if causation_id == self.command_id else None,
+            traceparent=self.traceparent,
         )
+
+    def _traced(self, envelope: Envelope, topic: str) -> Envelope:
+        """``envelope`` with the traceparent of a new create span for its outbox row (kept to end after the commit)."""
+        span = tracing.start_create_span(
+            topic, envelope.event_id, envelope.event_type, envelope.correlation_id,
+            envelope.aggregate_type, envelope.aggregate_id, self.app.name,
+        )
+        self.spans.append(span)
+        return msgspec.structs.replace(envelope, traceparent=tracing.traceparent_of(span))
 
     def _payload(self, message: Message) -> bytes:
         payload = self.app.registry.encode_checked(message)
@@ -330,6 +359,8 @@ class _Commit:
             # Registered as they are published, so whatever reads this outbox back can decode them.
             self.app.registry.register(type(publication.event))
             envelope = self._envelope(publication.event, publication.causation_id, aggregate)
+            if self.traced:
+                envelope = self._traced(envelope, publication.topic)
             self.published.append(envelope)
             changes.outbox.append(
                 OutboxEntry(

@@ -22,6 +22,7 @@ from tidings.messaging.personal import KeyRing, PersonalDataError, personal_fiel
 from tidings.messaging.partitioning import DEFAULT_PARTITIONS, partition_of
 from tidings.messaging.registry import MessageRegistry
 from tidings.store.records import OutboxEntry
+from tidings.telemetry import tracing
 
 __all__ = ["COMMAND_TOPIC_SUFFIX", "command_topic", "outbox_entry"]
 
@@ -89,6 +90,14 @@ def outbox_entry(
         tenant=cause.tenant if cause else context.tenant,
         source=source,
     )
+    if tracing.tracing_enabled():
+        # The create span is a child of what is handling the cause (a saga's process span). It
+        # ends here, not at the commit: this row commits with the caller's transaction, unseen.
+        span = tracing.start_create_span(
+            topic, event_id, envelope.event_type, envelope.correlation_id, None, None, source
+        )
+        envelope = msgspec.structs.replace(envelope, traceparent=tracing.traceparent_of(span))
+        tracing.end_spans([span])
     entry = OutboxEntry(
         event_id=event_id,
         partition=partition_of(key, partitions),

@@ -22,7 +22,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     it handled. A command has no row of its own, so the events it recorded also carry
     ``command_type`` (its message name) and ``command_causation_id`` (the message a consumer or
     saga was handling when it ran the command; None for a command from outside): together they
-    keep the chain message → command → events that ``tidings trace`` prints.
+    keep the chain message → command → events that ``tidings trace`` prints. ``traceparent``
+    is captured when the row is written, so the trace follows the message, not the relay.
     """
 
     event_id: str
@@ -39,6 +40,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     source: str | None = None
     command_type: str | None = None
     command_causation_id: str | None = None
+    #: The W3C trace context of the span that created this message (see tidings.telemetry); None untraced.
+    traceparent: str | None = None
 
 
 class MessageContext(msgspec.Struct, frozen=True, kw_only=True):

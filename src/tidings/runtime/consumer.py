@@ -55,6 +55,7 @@ import inspect
 import logging
 import os
 import socket
+import time
 import traceback as traceback_module
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -67,6 +68,9 @@ import msgspec
 
 from tidings.brokers.base import Broker, BrokerUnavailable, Delivery, OutgoingMessage, Subscription
 from tidings.brokers.headers import headers_to_envelope
+from tidings.telemetry import tracing
+from tidings.telemetry.metrics import instruments
+from tidings.telemetry.semconv import messaging_system_of
 from tidings.domain.errors import TidingsError, ValidationError
 from tidings.domain.messages import Message
 from tidings.messaging.contracts import topic_of
@@ -1046,6 +1050,9 @@ class Consumer:
         outcome: list[str] = []
         park = self.on_dead == "park"
         await self._open_sealed(items)
+        # Once per batch: without an SDK there is no span or metric work per message.
+        traced, meters = tracing.tracing_enabled(), instruments()
+        timings: list[tuple[str, float]] = []
         async with self.store.transaction():
             seen = await self._inbox(items)
             for item, what in zip(items, seen, strict=True):
@@ -1069,17 +1076,26 @@ class Consumer:
                     continue
                 assert item.envelope is not None
                 ctx = HandlerContext(self, item.envelope, item.delivery.topic, key, item.failures + 1, writes)
+                started = time.perf_counter() if meters is not None else 0.0
                 try:
-                    await _run_routes(item.routes, item.event, item.envelope, ctx, self.store)
+                    if traced:
+                        with tracing.process_span(messaging_system_of(self.broker), self.name, item.delivery.topic, item.envelope):
+                            await _run_routes(item.routes, item.event, item.envelope, ctx, self.store)
+                    else:
+                        await _run_routes(item.routes, item.event, item.envelope, ctx, self.store)
                 except Exception as exc:
                     if is_unavailable(exc):
                         raise
                     raise _ItemFailed(item, exc) from exc
+                if meters is not None:
+                    timings.append((item.delivery.topic, time.perf_counter() - started))
                 outcome.append("applied")
             await writes.flush(self.store)
             if dead_rows:
                 await self._dead_letters.add(self.name, dead_rows)  # type: ignore[union-attr]
         self._blocked |= blocked_now
+        if meters is not None and timings:  # counted once committed: a rolled-back batch consumed nothing
+            meters.count_consumed(messaging_system_of(self.broker), self.name, timings)
         for item, what in zip([i for i in items], outcome, strict=False):
             if what == "applied":
                 self.stats.applied += 1
@@ -1527,6 +1543,7 @@ def _envelope_of(headers: dict[str, str]) -> Envelope:
         source=headers.get("tidings-source"),
         command_type=headers.get("tidings-command_type"),
         command_causation_id=headers.get("tidings-command_causation_id"),
+        traceparent=headers.get("traceparent"),
     )
 
 

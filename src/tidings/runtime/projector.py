@@ -35,6 +35,7 @@ from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, is_permanent, is_transient
 from tidings.store.names import quoted
 from tidings.store.subject_keys import SubjectKeys
+from tidings.telemetry import tracing
 
 __all__ = ["Projector", "ProjectionFailed", "ProjectionStatus", "RebuildProgress", "RebuildResult"]
 
@@ -123,6 +124,8 @@ class _Prepared:
     batch: JournalBatch
     session: _Session
     events: list[tuple[_Handler, Envelope, Any, JournalRow]]
+    #: When tracing: the trace contexts of the batch's events (the commands that recorded them).
+    traceparents: list[str] | None = None
 
 
 class Projector:
@@ -374,6 +377,8 @@ class Projector:
         projection = run.projection
         session, token = projection._open(run.target)
         events = []
+        # Checked once per batch; without an SDK no trace context is collected.
+        traceparents: list[str] | None = [] if tracing.tracing_enabled() else None
         try:
             plain = not projection.needs_transaction
             handlers = run.handlers
@@ -398,6 +403,8 @@ class Projector:
                             handler.function(projection, event)
                 except Exception as exc:
                     raise _EventFailed(row, _explained(run, row, exc)) from exc
+                if traceparents is not None and envelope.traceparent:
+                    traceparents.append(envelope.traceparent)
                 if not plain:
                     # Kept for the handlers to run in the transaction. (Plain handlers' events are
                     # dropped at once: thousands kept alive make every garbage collection slower.)
@@ -407,12 +414,17 @@ class Projector:
                     await asyncio.sleep(0)
         finally:
             projection._close(token)
-        return _Prepared(batch, session, events)
+        return _Prepared(batch, session, events, traceparents)
 
     async def _commit(self, run: _Run, prepared: _Prepared) -> None:
         """Write a prepared batch and move the checkpoint to its end, in one transaction."""
-        async with self.store.transaction() as tx:
-            await self._write(run, prepared, tx)
+        if prepared.traceparents is None:
+            async with self.store.transaction() as tx:
+                await self._write(run, prepared, tx)
+        else:
+            with tracing.projection_batch_span(run.projection.name, len(prepared.batch.rows), prepared.traceparents):
+                async with self.store.transaction() as tx:
+                    await self._write(run, prepared, tx)
         run.position = prepared.batch.upto
 
     @staticmethod

@@ -32,6 +32,9 @@ from tidings.store.base import Store
 from tidings.store.errors import PermanentDatabaseError, classify
 from tidings.store.outbox import Outbox
 from tidings.store.records import OutboxRow
+from tidings.telemetry import tracing
+from tidings.telemetry.metrics import Instruments, instruments
+from tidings.telemetry.semconv import messaging_system_of
 
 __all__ = ["Relay", "RelayRound"]
 
@@ -241,10 +244,12 @@ class Relay:
         failures, parks = result.failures, result.parks
         active = list(lanes.values())
         depth = 0
+        # Once per batch; without an SDK there is no span or metric work at all.
+        traced, meters = tracing.tracing_enabled(), instruments()
         while active:
             batch = [lane[depth] for lane in active]
             sendable, outcome = self._check_sizes(batch, parks)
-            results = await self.broker.publish([_outgoing(row) for row in sendable]) if sendable else []
+            results = (await self._send([_outgoing(row) for row in sendable], traced, meters)) if sendable else []
             outcome.update(zip((row.id for row in sendable), results, strict=True))
             if sendable and all(isinstance(r, BrokerUnavailable) for r in results) and not result.delivered_ids:
                 # Nothing got through: the broker is down. Blame no row; back off as a whole.
@@ -274,6 +279,18 @@ class Relay:
         result.retried = len(failures)
         result.parked = len(parks)
         return result
+
+    async def _send(self, messages: list[OutgoingMessage], traced: bool, meters: Instruments | None) -> list[BaseException | None]:
+        """Publish ``messages``; when tracing, inside a send span linked to each message's create span."""
+        if not traced:
+            results = await self.broker.publish(messages)
+        else:
+            with tracing.send_span(messaging_system_of(self.broker), messages) as span:
+                results = await self.broker.publish(messages)
+                tracing.mark_failures(span, results)
+        if meters is not None:
+            meters.count_sent(messaging_system_of(self.broker), messages, results)
+        return results
 
     async def _settle(self, result: RelayRound) -> None:
         """Write what ``_publish`` found out: delivered, failed (with the next attempt), parked."""
