@@ -10,10 +10,12 @@ clear message instead of being retried as "broker unavailable".
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -59,12 +61,18 @@ class Ran:
         return f"$ {' '.join(self.args)}  (exit {self.returncode})\n{self.output[-4000:]}"
 
 
+MASTER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 def _environment() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
     # Rendered as on a wide terminal: spinners and progress bars print what an operator would see.
     env.update(
         PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TTY_COMPATIBLE="1", COLUMNS="2000", LINES="50",
         PYTHONUNBUFFERED="1",
+        # The platform seals buyer data and refuses to start without a master key: give it one, so each
+        # run reaches the setting under test (the key is no URL secret and never the marker).
+        TIDINGS_MASTER_KEY=MASTER_KEY,
     )
     return env
 
